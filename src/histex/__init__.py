@@ -1,0 +1,28 @@
+"""histex: super-resolved spatial transcriptomics from Visium spots and H&E images (HISTEX) on SpatialData."""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("histex")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0"
+
+_SUBMODULES = ("datasets", "pp", "tl", "pl", "metrics", "baselines", "geometry", "encoders", "model", "nn")
+
+__all__ = [*_SUBMODULES, "__version__"]
+
+
+def __getattr__(name: str):
+    # Submodules load on first use, so that `import histex` stays fast and torch loads only when needed.
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"histex.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'histex' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,0 +1,105 @@
+"""The HISTEX network and its image-only ablation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from histex.nn._attention import FusionBlock
+
+
+def mlp(in_dim: int, hidden: Sequence[int], *, nonlinear: bool) -> nn.Sequential:
+    """Stack of linear layers; with ``nonlinear``, each is followed by LayerNorm and GELU.
+
+    The published network has no nonlinearity between its layers (``nonlinear=False``), which makes the stack one
+    linear map.
+    """
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for width in hidden:
+        layers.append(nn.Linear(dim, width))
+        if nonlinear:
+            layers += [nn.LayerNorm(width), nn.GELU()]
+        dim = width
+    return nn.Sequential(*layers)
+
+
+class PositiveHead(nn.Module):
+    """Linear head with ``ELU(alpha=0.01) + 0.01``: strictly positive expression."""
+
+    def __init__(self, in_dim: int, n_genes: int):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, n_genes)
+        self.act = nn.ELU(alpha=0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.linear(x)) + 0.01
+
+
+class HistexNet(nn.Module):
+    """Image tokens of a window of bins, fused with gene tokens of nearby spots, to expression per bin.
+
+    Parameters
+    ----------
+    n_features
+        Feature channels per bin (image token size).
+    n_genes
+        Genes per gene token and per output.
+    dim, heads
+        Embedding size and heads of the cross-attention.
+    n_blocks
+        Fusion blocks; each after the first takes the previous output as its image side.
+    hidden
+        Widths of the MLP after fusion.
+    nonlinear
+        LayerNorm + GELU between MLP layers (the published network has none).
+
+    Forward
+    -------
+    ``image_tokens (batch, n_bins, n_features)``, ``gene_tokens (batch, k, n_genes)`` ->
+    ``(expression (batch, n_bins, n_genes), embedding (batch, n_bins, dim))``.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        n_genes: int,
+        *,
+        dim: int = 128,
+        heads: int = 8,
+        n_blocks: int = 2,
+        hidden: Sequence[int] = (1024, 512, 512, 512),
+        nonlinear: bool = True,
+    ):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            [FusionBlock(n_features if i == 0 else dim, n_genes, dim, heads) for i in range(n_blocks)]
+        )
+        self.mlp = mlp(dim + n_features, hidden, nonlinear=nonlinear)
+        self.head = PositiveHead(hidden[-1], n_genes)
+
+    def forward(self, image_tokens: torch.Tensor, gene_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fused = image_tokens
+        for block in self.blocks:
+            fused = block(fused, gene_tokens)
+        return self.head(self.mlp(torch.cat([fused, image_tokens], dim=-1))), fused
+
+
+class ImageOnlyNet(nn.Module):
+    """Per-bin MLP on image features (the iStar design): no expression context.
+
+    Forward: ``image_tokens (batch, n_bins, n_features)`` -> ``(expression, embedding)``, the embedding being the
+    last hidden layer.
+    """
+
+    def __init__(self, n_features: int, n_genes: int, *, hidden: Sequence[int] = (1024, 512, 512, 512),
+                 nonlinear: bool = True):
+        super().__init__()
+        self.mlp = mlp(n_features, hidden, nonlinear=nonlinear)
+        self.head = PositiveHead(hidden[-1], n_genes)
+
+    def forward(self, image_tokens: torch.Tensor, gene_tokens: torch.Tensor | None = None):
+        h = self.mlp(image_tokens)
+        return self.head(h), h

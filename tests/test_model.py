@@ -1,0 +1,137 @@
+import numpy as np
+import pytest
+import torch
+
+from histex import geometry
+from histex.model import FitConfig, Problem, TargetScaler, context_points, nearest_context, predict, train
+from histex.model.fit import prediction_windows
+from histex.nn import CrossAttention, HistexNet, ImageOnlyNet
+
+
+def _lattice(n=8, pitch=12.5):
+    return geometry.hex_lattice(n * pitch, n * pitch, pitch=pitch)
+
+
+def test_context_points_are_spots_and_edge_midpoints():
+    xy = _lattice()
+    values = np.arange(len(xy), dtype=np.float32)[:, None]
+    ctx = context_points(xy, values, pitch=12.5)
+    n = len(xy)
+    assert np.array_equal(ctx.positions[:n], xy)
+    mid = ctx.positions[n:]
+    pa, pb = ctx.parents[n:, 0], ctx.parents[n:, 1]
+    assert np.allclose(mid, (xy[pa] + xy[pb]) / 2)
+    assert np.allclose(ctx.values[n:, 0], (pa + pb) / 2)
+    # only neighbours on the lattice are joined (pitch apart), never across a gap
+    assert np.allclose(np.linalg.norm(xy[pa] - xy[pb], axis=1), 12.5)
+
+
+def test_query_at_a_spot_finds_it_and_its_neighbours_by_location():
+    xy = _lattice()
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(xy))  # spot numbers unrelated to positions
+    xy = xy[order]
+    ctx = context_points(xy, rng.random((len(xy), 3)), pitch=12.5)
+    target = int(np.argmin(np.linalg.norm(xy - xy.mean(0), axis=1)))
+    idx = nearest_context(ctx, xy[[target]], k=5)[0]
+    assert idx[0] == target
+    assert np.allclose(np.linalg.norm(ctx.positions[idx[1:]] - xy[target], axis=1), 6.25)
+    # leaving the spot out: nothing made from it remains, the nearest are the midpoints around it (86.6 % of pitch)
+    idx = nearest_context(ctx, xy[[target]], k=5, exclude_spots=np.array([target]))[0]
+    assert not (ctx.parents[idx] == target).any()
+    assert np.allclose(np.linalg.norm(ctx.positions[idx] - xy[target], axis=1), 12.5 * np.sqrt(3) / 2)
+
+
+def test_cross_attention_scales_by_head_dim():
+    ca = CrossAttention(4, 6, dim=32, heads=8)
+    assert ca.scale == pytest.approx(4**-0.5)
+
+
+def test_networks_shapes_and_positive_output():
+    torch.manual_seed(0)
+    net = HistexNet(20, 15, hidden=(64, 32))
+    img, genes = torch.randn(3, 49, 20) * 5, torch.randn(3, 5, 15) * 5
+    out, emb = net(img, genes)
+    assert out.shape == (3, 49, 15) and emb.shape == (3, 49, 128)
+    assert (out > 0).all()
+    out2, emb2 = ImageOnlyNet(20, 15, hidden=(64, 32))(img)
+    assert out2.shape == (3, 49, 15) and emb2.shape == (3, 49, 32) and (out2 > 0).all()
+    # the fused output depends on the gene tokens (the attention really reads them)
+    assert not torch.allclose(net(img, genes)[0], net(img, genes + 1)[0])
+
+
+def test_paper_mlp_is_linear():
+    net = HistexNet(8, 4, hidden=(16, 16), nonlinear=False)
+    assert all(isinstance(m, torch.nn.Linear) for m in net.mlp)
+
+
+def test_target_scaler_round_trip():
+    counts = np.array([[0, 10], [5, 30], [10, 20]], dtype=float)
+    for kind in ("minmax", "log1p"):
+        s = TargetScaler.fit(counts, kind)
+        y = s.transform(counts)
+        assert y.min() == pytest.approx(0) and y.max() == pytest.approx(1)
+        assert np.allclose(s.to_counts_per_bin(y, 37.0) * 37, counts, rtol=1e-5)
+
+
+def test_prediction_windows_cover_tissue():
+    tissue = np.zeros((30, 40), bool)
+    tissue[3:25, 5:33] = True
+    for stride in (7, 3):
+        anchors = prediction_windows(tissue, 7, stride)
+        cover = np.zeros(tissue.shape, int)
+        for r, c in anchors:
+            cover[max(r - 3, 0) : r + 4, max(c - 3, 0) : c + 4] += 1
+        assert (cover[tissue] >= 1).all()
+        if stride == 7:
+            assert (cover[tissue] == 1).all()
+
+
+def _toy_problem(seed=0, use_context=True):
+    """A feature map whose channel 0 marks where a gene is expressed, and spots that sum it."""
+    rng = np.random.default_rng(seed)
+    rows = cols = 100
+    truth = np.zeros((rows, cols), np.float32)
+    for _ in range(80):
+        r, c = rng.integers(3, rows - 3, 2)
+        truth[r - 2 : r + 2, c - 2 : c + 2] = 1.0
+    features = np.stack([truth * 2 - 1, rng.normal(size=(rows, cols)).astype(np.float32)])
+    spot_rc = geometry.hex_lattice(96, 96, pitch=12.5, offset=(4, 4))[:, ::-1]
+    anchor, masks = geometry.disk_masks(spot_rc, 27.5 / 8, 7)
+    rr = anchor[:, None, 0] + geometry.window_offsets(7)[None, :, 0]
+    cc = anchor[:, None, 1] + geometry.window_offsets(7)[None, :, 1]
+    spot_values = (truth[rr.clip(0, rows - 1), cc.clip(0, cols - 1)] * masks).sum(1, keepdims=True)
+    scaler = TargetScaler.fit(spot_values)
+    y = scaler.transform(spot_values)
+    ctx = context_points(spot_rc, y, pitch=12.5) if use_context else None
+    problem = Problem(features=features, tissue=np.ones((rows, cols), bool), spot_rc=spot_rc,
+                      radius_bins=27.5 / 8, targets=y, context=ctx)
+    return problem, truth
+
+
+def test_training_loss_decreases_and_is_reproducible():
+    problem, truth = _toy_problem()
+    config = FitConfig(
+        epochs=12, n_states=2, hidden=(32, 32), lr=1e-3, batch_size=8, seed=3, device="cpu", show_progress=False
+    )
+    models, history = train(problem, config)
+    assert history.shape == (2, 12)
+    assert (history[:, -5:].mean(1) < 0.5 * history[:, :3].mean(1)).all()
+    pred = predict(models, problem, config)
+    assert pred.mean.shape == (10000, 1) and pred.spread.shape == (10000, 1)
+    assert (pred.spread >= 0).all() and pred.spread.max() > 0
+    # the image marks the expressed bins: the prediction must find them below spot resolution
+    r = np.corrcoef(pred.mean[:, 0], truth[pred.rows, pred.cols])[0, 1]
+    assert r > 0.6
+    models2, history2 = train(problem, config)
+    assert np.array_equal(history, history2)
+    assert np.array_equal(predict(models2, problem, config).mean, pred.mean)
+
+
+def test_cuda_request_without_cuda_is_an_error():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    from histex.model import resolve_device
+
+    with pytest.raises(ValueError, match="no CUDA device"):
+        resolve_device("cuda")
