@@ -104,8 +104,14 @@ def _toy_problem(seed=0, use_context=True):
     scaler = TargetScaler.fit(spot_values)
     y = scaler.transform(spot_values)
     ctx = context_points(spot_rc, y, pitch=12.5) if use_context else None
-    problem = Problem(features=features, tissue=np.ones((rows, cols), bool), spot_rc=spot_rc,
-                      radius_bins=27.5 / 8, targets=y, context=ctx)
+    problem = Problem(
+        features=features,
+        tissue=np.ones((rows, cols), bool),
+        spot_rc=spot_rc,
+        radius_bins=27.5 / 8,
+        targets=y,
+        context=ctx,
+    )
     return problem, truth
 
 

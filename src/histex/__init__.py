@@ -12,7 +12,19 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 _SUBMODULES = ("datasets", "pp", "tl", "pl", "metrics", "baselines", "geometry", "encoders", "model", "nn")
 
-__all__ = [*_SUBMODULES, "__version__"]
+__all__ = [
+    "__version__",
+    "baselines",
+    "datasets",
+    "encoders",
+    "geometry",
+    "metrics",
+    "model",
+    "nn",
+    "pl",
+    "pp",
+    "tl",
+]
 
 
 def __getattr__(name: str):

@@ -18,6 +18,7 @@ from histex import geometry
 logger = logging.getLogger("histex")
 
 FULL_IMAGE_SUFFIX = "_full_image"
+FEATURES_SUFFIX = "_features"
 REDUCED_IMAGE_SUFFIXES = ("_hires_image", "_lowres_image")
 MIN_SPOTS = 10
 
@@ -32,9 +33,10 @@ def find_image_key(sdata, image_key: str | None = None) -> str:
     A ``*_full_image`` is preferred; hires/lowres images of Space Ranger are refused unless named explicitly,
     because 8 µm predictions need full resolution.
     """
-    keys = list(sdata.images.keys())
+    # Feature maps written by histex are images too, but never the H&E.
+    keys = [k for k in sdata.images if not k.endswith(FEATURES_SUFFIX)]
     if image_key is not None:
-        if image_key not in sdata.images:
+        if image_key not in keys:
             raise KeyError(f"No image {image_key!r} in the SpatialData; images: {_choices(keys)}.")
         return image_key
     if not keys:
@@ -127,7 +129,7 @@ def image_array(sdata, image_key: str):
 
     element = sdata.images[image_key]
     if isinstance(element, DataTree):
-        first = sorted(element.children)[0]
+        first = min(element.children)
         return next(iter(element[first].ds.data_vars.values()))
     return element
 

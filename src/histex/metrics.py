@@ -40,9 +40,7 @@ def align_bins(pred_table, truth_table, *, genes=None, truth_layer: str | None =
     truth_obs = truth_table.obs
     keep = truth_obs[in_tissue_key].to_numpy(bool) if in_tissue_key in truth_obs else np.ones(len(truth_obs), bool)
     key_t = pd.MultiIndex.from_arrays([truth_obs["array_row"].to_numpy(), truth_obs["array_col"].to_numpy()])
-    key_p = pd.MultiIndex.from_arrays(
-        [pred_table.obs["array_row"].to_numpy(), pred_table.obs["array_col"].to_numpy()]
-    )
+    key_p = pd.MultiIndex.from_arrays([pred_table.obs["array_row"].to_numpy(), pred_table.obs["array_col"].to_numpy()])
     pos = key_t.get_indexer(key_p)
     both = np.flatnonzero((pos >= 0) & np.where(pos >= 0, keep[np.maximum(pos, 0)], False))
     if len(both) == 0:

@@ -5,6 +5,14 @@ from histex.model.fit import FitConfig, Prediction, Problem, predict, resolve_de
 from histex.model.targets import TargetScaler
 
 __all__ = [
-    "ContextPoints", "FitConfig", "Prediction", "Problem", "TargetScaler", "context_points", "nearest_context",
-    "predict", "resolve_device", "train",
+    "ContextPoints",
+    "FitConfig",
+    "Prediction",
+    "Problem",
+    "TargetScaler",
+    "context_points",
+    "nearest_context",
+    "predict",
+    "resolve_device",
+    "train",
 ]

@@ -43,6 +43,8 @@ class FitConfig:
     context_dropout: str = "self"
     hidden: tuple[int, ...] = (1024, 512, 512, 512)
     nonlinear: bool = True
+    carry_context: bool = False
+    context_skip: bool = False
     dim: int = 128
     heads: int = 8
     seed: int = 0
@@ -105,7 +107,14 @@ class _TokenGrid:
 def build_network(config: FitConfig, n_features: int, n_genes: int) -> torch.nn.Module:
     if config.use_context:
         return HistexNet(
-            n_features, n_genes, dim=config.dim, heads=config.heads, hidden=config.hidden, nonlinear=config.nonlinear
+            n_features,
+            n_genes,
+            dim=config.dim,
+            heads=config.heads,
+            hidden=config.hidden,
+            nonlinear=config.nonlinear,
+            carry_context=config.carry_context,
+            context_skip=config.context_skip,
         )
     return ImageOnlyNet(n_features, n_genes, hidden=config.hidden, nonlinear=config.nonlinear)
 
@@ -244,6 +253,9 @@ def predict(models: list[torch.nn.Module], problem: Problem, config: FitConfig) 
         embedding = np.zeros((n_bins, config.dim), dtype=np.float64)
     hits = np.maximum(hits, 1)[:, None]
     return Prediction(
-        rows=tissue_rows, cols=tissue_cols, mean=(mean / hits).astype(np.float32),
-        spread=(spread / hits).astype(np.float32), embedding=(embedding / hits).astype(np.float32),
+        rows=tissue_rows,
+        cols=tissue_cols,
+        mean=(mean / hits).astype(np.float32),
+        spread=(spread / hits).astype(np.float32),
+        embedding=(embedding / hits).astype(np.float32),
     )

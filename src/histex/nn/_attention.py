@@ -41,10 +41,16 @@ class FusionBlock(nn.Module):
     ``C = CA(image -> gene)`` (image tokens attend to gene tokens), ``D = CA(gene -> image)``, and
     ``out = CA(C -> D)``, followed by a linear layer with a residual connection. The output has one token per image
     token.
+
+    In that published form the expression values reach ``out`` only through attention weights: ``out`` mixes the
+    values of ``D``, which are image features. With ``carry_context=True`` the block adds ``C`` (image tokens
+    that read the gene tokens' values) to ``out`` before the linear layer, the residual path of a standard
+    transformer, so that measured expression can pass through.
     """
 
-    def __init__(self, image_dim: int, gene_dim: int, dim: int = 128, heads: int = 8):
+    def __init__(self, image_dim: int, gene_dim: int, dim: int = 128, heads: int = 8, *, carry_context: bool = False):
         super().__init__()
+        self.carry_context = carry_context
         self.image_to_gene = CrossAttention(image_dim, gene_dim, dim, heads)
         self.gene_to_image = CrossAttention(gene_dim, image_dim, dim, heads)
         self.fuse = CrossAttention(dim, dim, dim, heads)
@@ -54,4 +60,6 @@ class FusionBlock(nn.Module):
         c = self.image_to_gene(image_tokens, gene_tokens)
         d = self.gene_to_image(gene_tokens, image_tokens)
         out = self.fuse(c, d)
+        if self.carry_context:
+            out = out + c
         return out + self.linear(out)

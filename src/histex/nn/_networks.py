@@ -55,6 +55,10 @@ class HistexNet(nn.Module):
         Widths of the MLP after fusion.
     nonlinear
         LayerNorm + GELU between MLP layers (the published network has none).
+    carry_context
+        Let the fusion blocks pass the gene tokens' values through (see :class:`FusionBlock`).
+    context_skip
+        Also give the MLP the mean of the gene tokens, a direct path from measured expression to the output.
 
     Forward
     -------
@@ -72,19 +76,28 @@ class HistexNet(nn.Module):
         n_blocks: int = 2,
         hidden: Sequence[int] = (1024, 512, 512, 512),
         nonlinear: bool = True,
+        carry_context: bool = False,
+        context_skip: bool = False,
     ):
         super().__init__()
+        self.context_skip = context_skip
         self.blocks = nn.ModuleList(
-            [FusionBlock(n_features if i == 0 else dim, n_genes, dim, heads) for i in range(n_blocks)]
+            [
+                FusionBlock(n_features if i == 0 else dim, n_genes, dim, heads, carry_context=carry_context)
+                for i in range(n_blocks)
+            ]
         )
-        self.mlp = mlp(dim + n_features, hidden, nonlinear=nonlinear)
+        self.mlp = mlp(dim + n_features + (n_genes if context_skip else 0), hidden, nonlinear=nonlinear)
         self.head = PositiveHead(hidden[-1], n_genes)
 
     def forward(self, image_tokens: torch.Tensor, gene_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fused = image_tokens
         for block in self.blocks:
             fused = block(fused, gene_tokens)
-        return self.head(self.mlp(torch.cat([fused, image_tokens], dim=-1))), fused
+        parts = [fused, image_tokens]
+        if self.context_skip:
+            parts.append(gene_tokens.mean(dim=1, keepdim=True).expand(-1, image_tokens.shape[1], -1))
+        return self.head(self.mlp(torch.cat(parts, dim=-1))), fused
 
 
 class ImageOnlyNet(nn.Module):
@@ -94,8 +107,9 @@ class ImageOnlyNet(nn.Module):
     last hidden layer.
     """
 
-    def __init__(self, n_features: int, n_genes: int, *, hidden: Sequence[int] = (1024, 512, 512, 512),
-                 nonlinear: bool = True):
+    def __init__(
+        self, n_features: int, n_genes: int, *, hidden: Sequence[int] = (1024, 512, 512, 512), nonlinear: bool = True
+    ):
         super().__init__()
         self.mlp = mlp(n_features, hidden, nonlinear=nonlinear)
         self.head = PositiveHead(hidden[-1], n_genes)

@@ -20,7 +20,7 @@ RGB_CHANNELS = ["mean_r", "mean_g", "mean_b"]
 
 
 def features_key(image_key: str, model_name: str) -> str:
-    return f"{image_key}_{model_name}_features"
+    return f"{image_key}_{model_name}{_sdata.FEATURES_SUFFIX}"
 
 
 def tissue_key(image_key: str) -> str:
@@ -28,8 +28,14 @@ def tissue_key(image_key: str) -> str:
 
 
 def encode_image(
-    image: np.ndarray, grid: geometry.BinGrid, encoder: Encoder, *, mpp: float, bin_size_um: float,
-    batch_size: int = 8, show_progress: bool = True,
+    image: np.ndarray,
+    grid: geometry.BinGrid,
+    encoder: Encoder,
+    *,
+    mpp: float,
+    bin_size_um: float,
+    batch_size: int = 8,
+    show_progress: bool = True,
 ) -> np.ndarray:
     """Run an encoder over a ``(y, x, 3)`` uint8 image and return ``(n_features, rows, cols)`` on the bin grid.
 
@@ -178,7 +184,7 @@ def read_features(sdata, image_key: str, features_key_: str | None = None) -> tu
     """The features element of an image (found when there is one) and its tissue mask."""
     from spatialdata.transformations import get_transformation
 
-    candidates = [k for k in sdata.images if k.startswith(f"{image_key}_") and k.endswith("_features")]
+    candidates = [k for k in sdata.images if k.startswith(f"{image_key}_") and k.endswith(_sdata.FEATURES_SUFFIX)]
     if features_key_ is None:
         if not candidates:
             raise ValueError(
@@ -200,5 +206,6 @@ def read_features(sdata, image_key: str, features_key_: str | None = None) -> tu
     bin_px = float(np.asarray(first.scale)[0])
     data = np.asarray(element.data, dtype=np.float32)
     tissue = np.asarray(sdata.labels[mask_key].data) > 0
-    return features_key_, BinFeatures(data=data, names=[str(c) for c in element.coords["c"].values], tissue=tissue,
-                                      bin_px=bin_px)
+    return features_key_, BinFeatures(
+        data=data, names=[str(c) for c in element.coords["c"].values], tissue=tissue, bin_px=bin_px
+    )

@@ -43,11 +43,11 @@ def resample(image: np.ndarray, factor: float) -> np.ndarray:
         return image
     inv = 1.0 / factor
     if abs(inv - round(inv)) < 1e-6 and round(inv) > 1:  # an integer reduction: exact block means
-        k = int(round(inv))
+        k = round(inv)
         h, w = (image.shape[0] // k) * k, (image.shape[1] // k) * k
         blocks = image[:h, :w].reshape(h // k, k, w // k, k, -1).astype(np.float32)
         return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
-    out_shape = (int(round(image.shape[0] * factor)), int(round(image.shape[1] * factor)))
+    out_shape = (round(image.shape[0] * factor), round(image.shape[1] * factor))
     out = np.empty((*out_shape, image.shape[2]), dtype=np.uint8)
     for ch in range(image.shape[2]):
         plane = image[..., ch].astype(np.float32)
@@ -55,7 +55,12 @@ def resample(image: np.ndarray, factor: float) -> np.ndarray:
             plane = ndimage.gaussian_filter(plane, sigma=0.5 * (inv - 1))
         # output index o samples input index o / factor + (0.5 / factor - 0.5): pixel centres onto pixel centres
         ndimage.affine_transform(
-            plane, [inv, inv], offset=0.5 * inv - 0.5, output_shape=out_shape, output=out[..., ch], order=1,
+            plane,
+            [inv, inv],
+            offset=0.5 * inv - 0.5,
+            output_shape=out_shape,
+            output=out[..., ch],
+            order=1,
             mode="nearest",
         )
     return out

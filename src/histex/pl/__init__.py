@@ -1,0 +1,5 @@
+"""Plots."""
+
+from histex.pl._genes import genes
+
+__all__ = ["genes"]

@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+import spatialdata as sd
+from conftest import fingerprint
+
+import histex as hx
+from histex import geometry
+
+FAST = {"epochs": 3, "n_states": 2, "show_progress": False, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def resolved(small_toy):
+    sdata = sd.deepcopy(small_toy)
+    before = fingerprint(sdata)
+    key = hx.tl.super_resolve(sdata, **FAST)
+    return sdata, key, before
+
+
+def test_returns_key_and_writes_exactly_bins_and_table(resolved):
+    sdata, key, before = resolved
+    assert key == "histex"
+    added = set(fingerprint(sdata)["keys"]) - set(before["keys"])
+    assert added == {"shapes/histex_bins", "tables/histex"}
+
+
+def test_inputs_are_not_modified(resolved):
+    sdata, _, before = resolved
+    after = fingerprint(sdata)
+    for k, v in before.items():
+        if k != "keys":
+            assert after[k] == v, k
+
+
+def test_table_columns_and_layers(resolved):
+    sdata, _, _ = resolved
+    table = sdata.tables["histex"]
+    shapes = sdata.shapes["histex_bins"]
+    n = table.n_obs
+    assert len(shapes) == n and n > 1000
+    assert table.X.dtype == np.float32 and (table.X >= 0).all()
+    assert table.layers["std"].shape == table.shape and (table.layers["std"] >= 0).all()
+    assert table.layers["std"].max() > 0  # two states disagree somewhere
+    assert {"array_row", "array_col", "region", "instance_id"} <= set(table.obs.columns)
+    assert table.obs["region"].cat.categories.tolist() == ["histex_bins"]
+    assert table.uns["spatialdata_attrs"]["region"] == "histex_bins"
+    assert np.array_equal(np.sort(table.obs["instance_id"].to_numpy()), np.sort(shapes.index.to_numpy()))
+    assert table.obsm["X_histex"].shape == (n, 128)
+    meta = table.uns["histex"]
+    assert {"params", "data", "network", "versions", "history", "timings"} <= set(meta)
+    assert meta["params"]["variant"] == "histex" and meta["params"]["n_states"] == 2
+    assert meta["history"]["loss"].shape == (2, 3)
+    assert {"train", "predict"} <= set(meta["timings"])
+    assert meta["data"]["mpp"] == pytest.approx(0.5, rel=1e-3)  # derived from the 100 µm lattice
+    assert meta["versions"]["torch"]
+    # the genes are among the spots' genes, highly variable first
+    assert set(table.var_names) <= set(sdata.tables["table"].var_names)
+
+
+def test_bins_overlay_the_image(resolved):
+    sdata, _, _ = resolved
+    table = sdata.tables["histex"]
+    shapes = sdata.shapes["histex_bins"]
+    image_t = sd.transformations.get_transformation(sdata.images["toy_full_image"], get_all=True)
+    assert sd.transformations.get_transformation(shapes, get_all=True).keys() == image_t.keys()
+    grid = geometry.BinGrid.for_image((1440, 1440), mpp=0.5, bin_size_um=8)
+    rows, cols = table.obs["array_row"].to_numpy(), table.obs["array_col"].to_numpy()
+    bounds = shapes.loc[table.obs["instance_id"].to_numpy()].geometry.bounds.to_numpy()
+    assert np.allclose(bounds, grid.boxes_px(rows, cols))
+    assert np.allclose(table.obsm["spatial"], grid.centres_px(rows, cols))
+
+
+def test_rasterize_bins_works(resolved):
+    sdata, _, _ = resolved
+    table = sdata.tables["histex"]
+    gene = table.var_names[0]
+    img = sd.rasterize_bins(sdata, "histex_bins", "histex", "array_col", "array_row", value_key=gene)
+    arr = np.asarray(img.data).squeeze()
+    r = table.obs["array_row"].to_numpy() - table.obs["array_row"].min()
+    c = table.obs["array_col"].to_numpy() - table.obs["array_col"].min()
+    assert np.allclose(arr[r, c], table[:, gene].X.ravel())
+
+
+def test_same_seed_same_result(small_toy):
+    a, b, c = (sd.deepcopy(small_toy) for _ in range(3))
+    kw = {**FAST, "n_states": 1, "epochs": 2, "n_top_genes": 10}
+    hx.tl.super_resolve(a, seed=5, **kw)
+    hx.tl.super_resolve(b, seed=5, **kw)
+    hx.tl.super_resolve(c, seed=6, **kw)
+    assert np.array_equal(a.tables["histex"].X, b.tables["histex"].X)
+    assert not np.array_equal(a.tables["histex"].X, c.tables["histex"].X)
+
+
+@pytest.mark.parametrize("variant", ["image_only", "paper"])
+def test_variants_and_key_added(small_toy, variant):
+    sdata = sd.deepcopy(small_toy)
+    key = hx.tl.super_resolve(sdata, variant=variant, key_added=variant, genes=["Epi_01", "Imm_01"], **FAST)
+    assert key == variant and f"{variant}_bins" in sdata.shapes
+    table = sdata.tables[variant]
+    assert table.var_names.tolist() == ["Epi_01", "Imm_01"]
+    assert table.uns["histex"]["params"]["variant"] == variant
+    assert table.uns["histex"]["params"]["nonlinear"] == (variant != "paper")
+
+
+def test_counts_map_back_to_spot_totals(resolved):
+    """Bins of a spot sum to about its measured counts: output is counts per bin, not scaled targets."""
+    sdata, _, _ = resolved
+    table = sdata.tables["histex"]
+    spots = sdata.tables["table"][:, table.var_names]
+    predicted_per_spot = table.X.sum(0) / table.n_obs * float(table.uns["histex"]["data"]["bins_per_spot"])
+    measured_per_spot = np.asarray(spots.X.sum(0)).ravel() / spots.n_obs
+    ratio = predicted_per_spot.sum() / measured_per_spot.sum()
+    assert 0.5 < ratio < 1.5
+
+
+def test_writes_to_zarr_and_reads_back(resolved, tmp_path):
+    sdata, _, _ = resolved
+    small = sd.SpatialData(
+        shapes={"histex_bins": sdata.shapes["histex_bins"]}, tables={"histex": sdata.tables["histex"]}
+    )
+    small.write(tmp_path / "out.zarr")
+    back = sd.read_zarr(tmp_path / "out.zarr")
+    assert np.allclose(back.tables["histex"].X, sdata.tables["histex"].X)
+    assert back.tables["histex"].uns["histex"]["params"]["variant"] == "histex"
