@@ -5,12 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from anndata import AnnData
 
 
 def pearson_per_gene(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Pearson correlation of each column (gene) of ``pred`` with the same column of ``truth``, over rows (bins).
 
-    A gene that is constant in either map has no defined correlation and gets NaN.
+    Parameters
+    ----------
+    pred, truth
+        ``(n_bins, n_genes)`` arrays of the same shape.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_genes,)`` correlations; NaN for a gene that is constant in either map (no defined correlation).
     """
     pred = np.asarray(pred, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.float64)
@@ -24,15 +33,36 @@ def pearson_per_gene(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.where(denom > 0, r, np.nan)
 
 
-def align_bins(pred_table, truth_table, *, genes=None, truth_layer: str | None = None, in_tissue_key="in_tissue"):
+def align_bins(
+    pred_table: AnnData,
+    truth_table: AnnData,
+    *,
+    genes: list[str] | None = None,
+    truth_layer: str | None = None,
+    in_tissue_key: str = "in_tissue",
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Matrices of predicted and true values on the bins and genes that both tables hold.
 
-    Bins are matched by ``obs["array_row"]``/``obs["array_col"]``; when the truth has ``obs[in_tissue_key]``, only
-    its in-tissue bins are kept.
+    Parameters
+    ----------
+    pred_table
+        Predicted bins, e.g. the table of :func:`histex.tl.super_resolve`.
+    truth_table
+        Ground-truth bins on the same grid, e.g. ``tables["truth"]`` of :func:`histex.datasets.toy`.
+    genes
+        Genes to compare; default all genes both tables hold.
+    truth_layer
+        Layer of the truth to compare with; default ``X``.
+    in_tissue_key
+        Boolean column of ``truth_table.obs``; when present, only its in-tissue bins are kept.
 
     Returns
     -------
-    ``(pred, truth, genes)``: two dense ``(n_bins, n_genes)`` float arrays and the gene names.
+    pred, truth : numpy.ndarray
+        Dense ``(n_bins, n_genes)`` values on the shared bins, matched by ``obs["array_row"]`` and
+        ``obs["array_col"]``.
+    genes : list of str
+        The gene names of the columns.
     """
     genes = list(pred_table.var_names.intersection(truth_table.var_names) if genes is None else genes)
     if not genes:
@@ -55,7 +85,20 @@ def _dense(x) -> np.ndarray:
     return x.toarray() if sp.issparse(x) else np.asarray(x)
 
 
-def mean_pearson(pred_table, truth_table, **kwargs) -> float:
-    """Mean over genes of the per-gene Pearson correlation on the shared in-tissue bins (NaN genes skipped)."""
+def mean_pearson(pred_table: AnnData, truth_table: AnnData, **kwargs) -> float:
+    """Mean over genes of the per-gene Pearson correlation on the shared in-tissue bins (NaN genes skipped).
+
+    Parameters
+    ----------
+    pred_table, truth_table
+        Predicted and ground-truth bin tables on the same grid.
+    **kwargs
+        Passed to :func:`align_bins` (``genes``, ``truth_layer``, ``in_tissue_key``).
+
+    Returns
+    -------
+    float
+        The mean correlation.
+    """
     p, t, _ = align_bins(pred_table, truth_table, **kwargs)
     return float(np.nanmean(pearson_per_gene(p, t)))

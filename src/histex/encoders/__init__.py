@@ -7,7 +7,13 @@ _REGISTRY = {"texture": TextureEncoder}
 
 
 def available_models() -> list[str]:
-    """Names accepted by ``histex.pp.extract_features(model=...)``."""
+    """Names of the encoders that ``histex.pp.extract_features(model=...)`` accepts.
+
+    Returns
+    -------
+    list of str
+        Registry names, sorted.
+    """
     return sorted(_REGISTRY)
 
 
