@@ -100,3 +100,42 @@ def test_resample_keeps_pixel_grid_aligned():
 def test_unknown_model_lists_available(small_toy):
     with pytest.raises(ValueError, match="available models: texture"):
         hx.pp.extract_features(sd.deepcopy(small_toy), model="nope")
+
+
+class MeanColour(hx.encoders.Encoder):
+    """A user's encoder: 14 px patches (like a ViT/14), the mean colour of each patch."""
+
+    name = "meancolour"
+    patch_size = 14
+    tile_size = 56
+
+    @property
+    def feature_names(self):
+        return ["r", "g", "b"]
+
+    def encode(self, tiles):
+        b, c, h, w = tiles.shape
+        return tiles.reshape(b, c, h // 14, 14, w // 14, 14).mean(axis=(3, 5))
+
+
+def test_a_user_encoder_plugs_in(small_toy):
+    sdata = sd.deepcopy(small_toy)
+    key = hx.pp.extract_features(sdata, model=MeanColour(), mpp=0.5, show_progress=False)
+    assert key == "toy_full_image_meancolour_features"
+    feats = sdata.images[key]
+    assert list(feats.coords["c"].values) == ["r", "g", "b", "mean_r", "mean_g", "mean_b"]
+    # 14 px patches at 8 / 14 µm/px: the encoder's colour of a bin matches the bin's mean colour at full resolution
+    ours = np.asarray(feats.data[:3]).reshape(3, -1)
+    direct = np.asarray(feats.data[3:]).reshape(3, -1)
+    assert np.corrcoef(ours[1], direct[1])[0, 1] > 0.98
+    # two feature sets for one image: super_resolve asks which
+    with pytest.raises(ValueError, match="Several feature sets"):
+        hx.tl.super_resolve(sdata, epochs=1, n_states=1, show_progress=False)
+
+
+def test_invalid_mpp_is_an_error(small_toy):
+    sdata = sd.deepcopy(small_toy)
+    before = fingerprint(sdata)
+    with pytest.raises(ValueError, match="mpp must be a positive number"):
+        hx.pp.extract_features(sdata, mpp=-1.0, show_progress=False)
+    assert fingerprint(sdata) == before

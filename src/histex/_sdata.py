@@ -221,6 +221,13 @@ def check_spots_in_image(spots: Spots, shape_yx: tuple[int, int], image_key: str
         )
 
 
+def check_mpp(mpp: float) -> float:
+    """A user's pixel size, validated."""
+    if not np.isfinite(mpp) or mpp <= 0:
+        raise ValueError(f"mpp must be a positive number of microns per pixel, got {mpp!r}.")
+    return float(mpp)
+
+
 def infer_mpp(
     spots: Spots,
     *,
@@ -235,9 +242,7 @@ def infer_mpp(
     disagreement is logged.
     """
     if mpp is not None:
-        if not np.isfinite(mpp) or mpp <= 0:
-            raise ValueError(f"mpp must be a positive number of microns per pixel, got {mpp!r}.")
-        return float(mpp), "given"
+        return check_mpp(mpp), "given"
     scalefactors = _scalefactors(spots.table)
     if "microns_per_pixel" in scalefactors:
         return float(scalefactors["microns_per_pixel"]), "scalefactors['microns_per_pixel']"
@@ -266,3 +271,32 @@ def _scalefactors(table: AnnData) -> dict:
         if isinstance(library, dict) and isinstance(library.get("scalefactors"), dict):
             return library["scalefactors"]
     return {}
+
+
+def bin_elements(grid: geometry.BinGrid, rows: np.ndarray, cols: np.ndarray, *, region: str, transformations: dict):
+    """The square polygons of bins and the start of the table that annotates them, as Visium HD bins are laid out.
+
+    Returns the shapes element (one square per bin in image pixels, index ``instance_id``) and an ``obs`` frame
+    with ``array_row``, ``array_col`` (for :func:`spatialdata.rasterize_bins`), ``instance_id`` and ``region``.
+    """
+    import geopandas as gpd
+    import shapely
+    from spatialdata.models import ShapesModel
+
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    instance_id = np.arange(len(rows))
+    boxes = grid.boxes_px(rows, cols)
+    shapes = ShapesModel.parse(
+        gpd.GeoDataFrame(geometry=shapely.box(*boxes.T), index=pd.Index(instance_id)),
+        transformations=dict(transformations),
+    )
+    obs = pd.DataFrame(
+        {
+            "array_row": rows,
+            "array_col": cols,
+            "instance_id": instance_id,
+            "region": pd.Categorical([region] * len(rows)),
+        },
+        index=pd.Index([f"bin_{r:05d}_{c:05d}" for r, c in zip(rows, cols, strict=True)]),
+    )
+    return shapes, obs

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, sparse
 
+from histex._sdata import bin_elements
 from histex.geometry import (
     VISIUM_PITCH_UM,
     VISIUM_SPOT_DIAMETER_UM,
@@ -821,8 +822,6 @@ def _assemble(
 ) -> SpatialData:
     """Wrap the arrays in SpatialData elements laid out as :func:`spatialdata_io.visium` does."""
     import anndata as ad
-    import geopandas as gpd
-    import shapely
     import xarray as xr
     from spatialdata import SpatialData
     from spatialdata.models import Image2DModel, ShapesModel, TableModel
@@ -879,31 +878,18 @@ def _assemble(
 
     # Ground truth.
     n_bins = len(truth.rows)
-    instance_id = np.arange(n_bins)
-    boxes = grid.boxes_px(truth.rows, truth.cols)
-    squares = ShapesModel.parse(
-        gpd.GeoDataFrame(geometry=shapely.box(*boxes.T), index=instance_id), transformations=identity()
-    )
+    squares, truth_obs = bin_elements(grid, truth.rows, truth.cols, region="truth_bins", transformations=identity())
     comp = np.zeros((n_bins, len(COMPARTMENTS)))
     np.add.at(comp.T, _CODE_TO_COMPARTMENT, truth.fractions.T)
     tumour_a, tumour_b = truth.fractions[:, _TUM_A], truth.fractions[:, _TUM_B]
     clone = np.where(tumour_a + tumour_b == 0, "none", np.where(tumour_a >= tumour_b, "A", "B"))
-    bin_names = pd.Index([f"bin_{r:05d}_{c:05d}" for r, c in zip(truth.rows, truth.cols, strict=True)])
+    bin_names = truth_obs.index
     tissue_fraction = 1.0 - comp[:, 0]
-    truth_obs = pd.DataFrame(
-        {
-            "array_row": truth.rows.astype(np.int64),
-            "array_col": truth.cols.astype(np.int64),
-            "instance_id": instance_id,
-            "region": pd.Categorical(["truth_bins"] * n_bins),
-            "tissue_fraction": tissue_fraction,
-            "in_tissue": tissue_fraction >= 0.5,
-            "compartment": pd.Categorical.from_codes(np.argmax(comp, axis=1), categories=list(COMPARTMENTS)),
-            "clone": pd.Categorical(clone, categories=["none", "A", "B"]),
-            "gradient": truth.gradient,
-        },
-        index=bin_names,
-    )
+    truth_obs["tissue_fraction"] = tissue_fraction
+    truth_obs["in_tissue"] = tissue_fraction >= 0.5
+    truth_obs["compartment"] = pd.Categorical.from_codes(np.argmax(comp, axis=1), categories=list(COMPARTMENTS))
+    truth_obs["clone"] = pd.Categorical(clone, categories=["none", "A", "B"])
+    truth_obs["gradient"] = truth.gradient
     programmes = rates[[_BG, _STR, _EPI, _LUM, _IMM, _TUM_A]].copy()
     programmes[-1] = np.maximum(rates[_TUM_A], rates[_TUM_B])
     truth_var = var.copy()

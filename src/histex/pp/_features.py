@@ -125,7 +125,7 @@ def extract_features(
         mpp, source = _sdata.infer_mpp(spots)
         logger.info("Pixel size %.4f µm/px, from the %s.", mpp, source)
     else:
-        mpp, _ = _sdata.infer_mpp(None, mpp=mpp)
+        mpp = _sdata.check_mpp(mpp)
     shape_yx = (image_el.sizes["y"], image_el.sizes["x"])
     grid = geometry.BinGrid.for_image(shape_yx, mpp=mpp, bin_size_um=bin_size_um)
     if grid.n_rows < 1 or grid.n_cols < 1:

@@ -387,27 +387,15 @@ def _versions() -> dict[str, str]:
 def _bins_output(sdata, image_key, grid, pred, expression, spread, gene_names, key_added, meta):
     """The shapes element of bin squares and the table that annotates them, modelled on Visium HD 8 µm bins."""
     import anndata as ad
-    import geopandas as gpd
-    import shapely
-    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.models import TableModel
 
     bins_key = f"{key_added}_bins"
-    n = len(pred.rows)
-    instance = np.arange(n)
-    boxes = grid.boxes_px(pred.rows, pred.cols)
-    polygons = gpd.GeoDataFrame(
-        geometry=shapely.box(boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]), index=pd.Index(instance)
-    )
-    transformations = dict(_sdata.element_transformations(sdata.images[image_key]))
-    shapes = ShapesModel.parse(polygons, transformations=transformations)
-    obs = pd.DataFrame(
-        {
-            "array_row": pred.rows.astype(np.int64),
-            "array_col": pred.cols.astype(np.int64),
-            "region": pd.Categorical([bins_key] * n),
-            "instance_id": instance,
-        },
-        index=pd.Index([f"bin_{r}_{c}" for r, c in zip(pred.rows, pred.cols, strict=True)]),
+    shapes, obs = _sdata.bin_elements(
+        grid,
+        pred.rows,
+        pred.cols,
+        region=bins_key,
+        transformations=_sdata.element_transformations(sdata.images[image_key]),
     )
     table = ad.AnnData(
         X=expression,
