@@ -15,7 +15,10 @@ def test_feature_grid_lies_on_the_bins_it_describes(mpp):
     before = fingerprint(sdata)
     key = hx.pp.extract_features(sdata, show_progress=False)
     assert key == "toy_full_image_texture_features"
-    assert set(fingerprint(sdata)["keys"]) - set(before["keys"]) == {f"images/{key}", "labels/toy_full_image_tissue"}
+    assert set(fingerprint(sdata)["keys"]) - set(before["keys"]) == {
+        f"images/{key}",
+        "labels/toy_full_image_texture_tissue",
+    }
     feats = sdata.images[key]
     image = hx._sdata.image_array(sdata, "toy_full_image")
     shape = (image.sizes["y"], image.sizes["x"])
@@ -39,14 +42,14 @@ def test_feature_grid_lies_on_the_bins_it_describes(mpp):
     got = np.asarray(feats.sel(c=["mean_r", "mean_g", "mean_b"]).data[:, r, c])
     assert np.allclose(got, expected, atol=1e-5)
     # tissue mask on the same grid and placement
-    mask = sdata.labels["toy_full_image_tissue"]
+    mask = sdata.labels["toy_full_image_texture_tissue"]
     assert mask.shape == grid.shape
     t_mask = sd.transformations.get_transformation(mask, to_coordinate_system="toy")
     assert np.allclose(t_mask.to_affine_matrix(("x", "y"), ("x", "y")), affine)
 
 
 def test_tissue_mask_agrees_with_the_planted_tissue(small_toy):
-    mask = np.asarray(small_toy.labels["toy_full_image_tissue"].data) > 0
+    mask = np.asarray(small_toy.labels["toy_full_image_texture_tissue"].data) > 0
     truth = small_toy.tables["truth"].obs
     planted = np.zeros(mask.shape, bool)
     inside = truth["in_tissue"].to_numpy()

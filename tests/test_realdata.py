@@ -53,19 +53,25 @@ def _mouse_brain(shared_data):
 
 
 def test_mouse_brain_crop_end_to_end(shared_data, caplog):
-    """Real H&E and spots: mpp from the lattice (about 0.73 µm/px, not the 0.615 the spot diameter implies),
-    features, a tissue mask that holds the spots, and bins predicted under them."""
+    """Real H&E and spots: mpp from the lattice (about 0.73 µm/px, not the 0.615 that a 55 µm reading of
+    spot_diameter_fullres would give), 55 µm disks for the loss, features, a tissue mask that holds the spots, and
+    bins predicted under them."""
     sdata = _mouse_brain(shared_data)
-    with caplog.at_level("WARNING", logger="histex"):
-        hx.pp.extract_features(sdata, show_progress=False)
-    assert "using the pitch" in caplog.text
-    tissue = np.asarray(sdata.labels["crop_full_image_tissue"].data) > 0
+    hx.pp.extract_features(sdata, show_progress=False)
+    tissue = np.asarray(sdata.labels["crop_full_image_texture_tissue"].data) > 0
     assert 0.3 < tissue.mean() < 1.0
-    hx.tl.super_resolve(sdata, epochs=2, n_states=1, n_top_genes=20, show_progress=False, device="cpu")
+    with caplog.at_level("INFO", logger="histex"):
+        hx.tl.super_resolve(sdata, epochs=2, n_states=1, n_top_genes=20, show_progress=False, device="cpu")
+    assert "describes a 65 µm spot" in caplog.text
     table = sdata.tables["histex"]
     meta = table.uns["histex"]["data"]
     assert meta["mpp"] == pytest.approx(0.73, abs=0.01)
     assert "lattice pitch" in meta["mpp_source"]
+    # the circles are Space Ranger's 65 µm; the loss averages the bins of the 55 µm capture area: 7 x 7 windows
+    assert meta["circle_diameter_um"] == pytest.approx(65, abs=1.5)
+    assert meta["radius_bins"] == pytest.approx(27.5 / 8)
+    assert table.uns["histex"]["params"]["window"] == 7
+    assert meta["bins_per_spot"] == pytest.approx(37, abs=1.5)
     assert table.n_vars == 20 and np.isfinite(table.X).all() and (table.X >= 0).all()
     # every spot centre lies on a predicted bin: the tissue mask keeps the measured tissue
     bin_px = float(meta["bin_px"])

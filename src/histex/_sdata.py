@@ -21,6 +21,7 @@ FULL_IMAGE_SUFFIX = "_full_image"
 FEATURES_SUFFIX = "_features"
 REDUCED_IMAGE_SUFFIXES = ("_hires_image", "_lowres_image")
 MIN_SPOTS = 10
+SPACERANGER_DIAMETER_UM = 65.0  # what spot_diameter_fullres measures
 
 
 def _choices(keys) -> str:
@@ -233,36 +234,61 @@ def infer_mpp(
     *,
     mpp: float | None = None,
     pitch_um: float = geometry.VISIUM_PITCH_UM,
-    spot_diameter_um: float = geometry.VISIUM_SPOT_DIAMETER_UM,
 ) -> tuple[float, str]:
     """Microns per pixel of the full-resolution image: given, from the reader's metadata, or from the spot lattice.
 
-    Returns the value and a short description of where it came from. Space Ranger's ``spot_diameter_fullres`` is
-    not exactly 55 µm in pixels on every data set, so the lattice pitch (100 µm on Visium) is preferred, and a
-    disagreement is logged.
+    Returns the value and a short description of where it came from. The lattice pitch (100 µm on Visium) is the
+    reference: Space Ranger's ``spot_diameter_fullres`` describes a 65 µm spot, not the 55 µm capture area, so
+    the circles' radius cannot give the pixel size. A given or stored value that disagrees with the lattice is
+    logged.
     """
-    if mpp is not None:
-        return check_mpp(mpp), "given"
-    scalefactors = _scalefactors(spots.table)
-    if "microns_per_pixel" in scalefactors:
-        return float(scalefactors["microns_per_pixel"]), "scalefactors['microns_per_pixel']"
     pitch_px, regular = geometry.lattice_pitch(spots.xy_px)
-    if not np.isfinite(pitch_px) or pitch_px <= 0 or regular < 0.5:
+    on_lattice = np.isfinite(pitch_px) and pitch_px > 0 and regular >= 0.5
+    mpp_lattice = pitch_um / pitch_px if on_lattice else float("nan")
+    if mpp is not None:
+        value, source = check_mpp(mpp), "given"
+    elif "microns_per_pixel" in (scalefactors := _scalefactors(spots.table)):
+        value, source = check_mpp(float(scalefactors["microns_per_pixel"])), "scalefactors['microns_per_pixel']"
+    elif on_lattice:
+        return float(mpp_lattice), f"spot lattice pitch ({pitch_px:.2f} px = {pitch_um:g} µm)"
+    else:
         raise ValueError(
             "The pixel size (mpp) is unknown and cannot be derived: the spots do not lie on a regular lattice "
             f"(only {regular:.0%} of nearest-neighbour distances agree). Pass mpp=<microns per pixel of the "
             "full-resolution image>."
         )
-    mpp_lattice = pitch_um / pitch_px
-    mpp_diameter = spot_diameter_um / (2 * spots.radius_px)
-    if abs(mpp_diameter / mpp_lattice - 1) > 0.05:
+    if on_lattice and abs(value / mpp_lattice - 1) > 0.05:
         logger.warning(
-            "Spot diameter implies %.4f µm/px but the %.0f µm lattice pitch implies %.4f µm/px; using the pitch.",
-            mpp_diameter,
+            "mpp %s (%.4f µm/px) disagrees with the %g µm spot lattice (%.4f µm/px); using the %s value.",
+            source,
+            value,
             pitch_um,
             mpp_lattice,
+            source,
         )
-    return float(mpp_lattice), f"spot lattice pitch ({pitch_px:.2f} px = {pitch_um:g} µm)"
+    return value, source
+
+
+def check_spot_radius(spots: Spots, mpp: float, spot_diameter_um: float) -> float:
+    """Diameter in µm of the spot circles as drawn, with a log line when it is not the spot diameter in use."""
+    drawn_um = 2 * spots.radius_px * mpp
+    if abs(drawn_um / SPACERANGER_DIAMETER_UM - 1) < 0.05:
+        logger.info(
+            "Spot circles are %.1f µm across (Space Ranger's spot_diameter_fullres describes a %g µm spot); the "
+            "disk loss uses %g µm spots.",
+            drawn_um,
+            SPACERANGER_DIAMETER_UM,
+            spot_diameter_um,
+        )
+    elif abs(drawn_um / spot_diameter_um - 1) > 0.05:
+        logger.warning(
+            "Spot circles are %.1f µm across at %.4f µm/px, not the %g µm spots the disk loss uses; check mpp and "
+            "spot_diameter_um.",
+            drawn_um,
+            mpp,
+            spot_diameter_um,
+        )
+    return float(drawn_um)
 
 
 def _scalefactors(table: AnnData) -> dict:

@@ -141,6 +141,12 @@ def bins_per_spot(problem: Problem, window: int) -> float:
 def train(problem: Problem, config: FitConfig) -> tuple[list[torch.nn.Module], np.ndarray]:
     """Train ``n_states`` independently seeded networks; returns them and the loss per state and epoch."""
     device = resolve_device(config.device)
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):  # seeding the states must not change the caller's RNG
+        return _train(problem, config, device)
+
+
+def _train(problem: Problem, config: FitConfig, device: torch.device) -> tuple[list[torch.nn.Module], np.ndarray]:
     grid = _TokenGrid(problem.features, config.window, device)
     anchors, masks = _training_windows(problem, config.window)
     token_idx = torch.from_numpy(grid.indices(anchors)).to(device)
@@ -222,8 +228,8 @@ def predict(models: list[torch.nn.Module], problem: Problem, config: FitConfig) 
         ctx_idx = nearest_context(problem.context, centres, config.k_context)
         ctx_values = torch.from_numpy(problem.context.values).to(device)
     offsets = geometry.window_offsets(config.window)
-    mean = np.zeros((n_bins, n_genes), dtype=np.float64)
-    spread = np.zeros((n_bins, n_genes), dtype=np.float64)
+    mean = np.zeros((n_bins, n_genes), dtype=np.float32)
+    spread = np.zeros((n_bins, n_genes), dtype=np.float32)
     embedding = None
     hits = np.zeros(n_bins, dtype=np.int64)
     step = config.predict_batch_size
@@ -237,7 +243,7 @@ def predict(models: list[torch.nn.Module], problem: Problem, config: FitConfig) 
         std = preds.std(dim=0, unbiased=False) if len(models) > 1 else torch.zeros_like(med)
         emb = outputs[0][1]
         if embedding is None:
-            embedding = np.zeros((n_bins, emb.shape[-1]), dtype=np.float64)
+            embedding = np.zeros((n_bins, emb.shape[-1]), dtype=np.float32)
         # Scatter the window bins that are in-tissue bins of the grid into the outputs.
         r = a[:, None, 0] + offsets[None, :, 0]
         c = a[:, None, 1] + offsets[None, :, 1]
@@ -250,12 +256,9 @@ def predict(models: list[torch.nn.Module], problem: Problem, config: FitConfig) 
         np.add.at(embedding, dest, emb.cpu().numpy()[keep])
         np.add.at(hits, dest, 1)
     if embedding is None:
-        embedding = np.zeros((n_bins, config.dim), dtype=np.float64)
-    hits = np.maximum(hits, 1)[:, None]
-    return Prediction(
-        rows=tissue_rows,
-        cols=tissue_cols,
-        mean=(mean / hits).astype(np.float32),
-        spread=(spread / hits).astype(np.float32),
-        embedding=(embedding / hits).astype(np.float32),
-    )
+        embedding = np.zeros((n_bins, config.dim), dtype=np.float32)
+    hits = np.maximum(hits, 1)[:, None].astype(np.float32)
+    mean /= hits  # in place: whole-slide outputs are large
+    spread /= hits
+    embedding /= hits
+    return Prediction(rows=tissue_rows, cols=tissue_cols, mean=mean, spread=spread, embedding=embedding)

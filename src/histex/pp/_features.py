@@ -23,8 +23,9 @@ def features_key(image_key: str, model_name: str) -> str:
     return f"{image_key}_{model_name}{_sdata.FEATURES_SUFFIX}"
 
 
-def tissue_key(image_key: str) -> str:
-    return f"{image_key}_tissue"
+def tissue_key(features_key_: str) -> str:
+    """The tissue mask that goes with a features element, on the same grid."""
+    return features_key_.removesuffix(_sdata.FEATURES_SUFFIX) + "_tissue"
 
 
 def encode_image(
@@ -112,7 +113,7 @@ def extract_features(
     The key of the features element. ``sdata.images[key]`` holds ``(channels, rows, cols)`` float32 features with
     the encoder's channels plus the mean colour of each bin (``mean_r``, ``mean_g``, ``mean_b``), placed on the
     image by a ``Scale`` of one bin in image pixels composed with the image's own transformations.
-    ``sdata.labels["{image_key}_tissue"]`` holds the tissue mask on the same grid (1 = tissue).
+    ``sdata.labels["{image_key}_{model}_tissue"]`` holds the tissue mask on the same grid (1 = tissue).
     """
     start = time.perf_counter()
     encoder = get_encoder(model)
@@ -144,7 +145,7 @@ def extract_features(
 
     key = key_added or features_key(image_key, encoder.name)
     transformations = grid_transformations(sdata.images[image_key], grid)
-    _write_grid_elements(sdata, key, tissue_key(image_key), data, names, mask, transformations)
+    _write_grid_elements(sdata, key, tissue_key(key), data, names, mask, transformations)
     logger.info("Features %r: %d channels in %.1f s.", key, len(names), time.perf_counter() - start)
     return key
 
@@ -180,32 +181,53 @@ class BinFeatures:
     bin_px: float
 
 
-def read_features(sdata, image_key: str, features_key_: str | None = None) -> tuple[str, BinFeatures]:
-    """The features element of an image (found when there is one) and its tissue mask."""
-    from spatialdata.transformations import get_transformation
+def _grid_bin_px(sdata, key: str, image_key: str, coordinate_system: str) -> float | None:
+    """Bin edge in image pixels if element ``key`` is a bin grid on the image (a pure scale, aligned to the image's
+    origin, in the shared coordinate system), else None."""
+    element = sdata.images[key]
+    if coordinate_system not in _sdata.element_transformations(element):
+        return None
+    affine = _sdata.to_image_pixels(sdata, element, image_key, coordinate_system)
+    scale = affine[0, 0]
+    if scale <= 0 or not np.allclose(affine[:2, :2], np.eye(2) * scale) or not np.allclose(affine[:2, 2], 0):
+        return None
+    return float(scale)
 
-    candidates = [k for k in sdata.images if k.startswith(f"{image_key}_") and k.endswith(_sdata.FEATURES_SUFFIX)]
+
+def read_features(
+    sdata, image_key: str, coordinate_system: str, features_key_: str | None = None
+) -> tuple[str, BinFeatures]:
+    """The features element of an image (found when there is one) and its tissue mask.
+
+    A features element belongs to the image when its name starts with the image key and its transformation lays
+    it on the image as a grid of square bins; the bin size is read from that transformation.
+    """
+    named = [k for k in sdata.images if k.startswith(f"{image_key}_") and k.endswith(_sdata.FEATURES_SUFFIX)]
+    on_image = {k: px for k in named if (px := _grid_bin_px(sdata, k, image_key, coordinate_system)) is not None}
     if features_key_ is None:
-        if not candidates:
+        if not on_image:
             raise ValueError(
                 f"No features for image {image_key!r}: run histex.pp.extract_features(sdata) first (or pass "
                 "features_key=...)."
             )
-        if len(candidates) > 1:
-            raise ValueError(f"Several feature sets for {image_key!r}: {candidates}. Pass features_key=... .")
-        features_key_ = candidates[0]
+        if len(on_image) > 1:
+            raise ValueError(f"Several feature sets for {image_key!r}: {sorted(on_image)}. Pass features_key=... .")
+        features_key_ = next(iter(on_image))
     elif features_key_ not in sdata.images:
-        raise KeyError(f"No features {features_key_!r}; feature elements of {image_key!r}: {candidates or 'none'}.")
+        raise KeyError(f"No features {features_key_!r}; feature elements of {image_key!r}: {named or 'none'}.")
+    elif features_key_ not in on_image:
+        raise ValueError(
+            f"{features_key_!r} is not a bin grid on image {image_key!r} in coordinate system "
+            f"{coordinate_system!r}: run histex.pp.extract_features(sdata, image_key={image_key!r})."
+        )
     element = sdata.images[features_key_]
-    mask_key = tissue_key(image_key)
-    if mask_key not in sdata.labels:
-        raise ValueError(f"No tissue mask {mask_key!r}: run histex.pp.extract_features(sdata) again.")
-    # The first step of the stored transformation is the bin size in image pixels.
-    seq = get_transformation(element, to_coordinate_system=next(iter(_sdata.element_transformations(element))))
-    first = seq.transformations[0] if hasattr(seq, "transformations") else seq
-    bin_px = float(np.asarray(first.scale)[0])
+    mask_key = tissue_key(features_key_)
+    if mask_key not in sdata.labels or sdata.labels[mask_key].shape != element.shape[1:]:
+        raise ValueError(
+            f"No tissue mask {mask_key!r} on the grid of {features_key_!r}: run histex.pp.extract_features again."
+        )
     data = np.asarray(element.data, dtype=np.float32)
     tissue = np.asarray(sdata.labels[mask_key].data) > 0
     return features_key_, BinFeatures(
-        data=data, names=[str(c) for c in element.coords["c"].values], tissue=tissue, bin_px=bin_px
+        data=data, names=[str(c) for c in element.coords["c"].values], tissue=tissue, bin_px=on_image[features_key_]
     )

@@ -13,12 +13,13 @@ import scipy.sparse as sp
 from histex import _sdata, geometry
 from histex.model import FitConfig, Problem, TargetScaler, context_points, predict, train
 from histex.model.features import standardise, with_position
-from histex.model.fit import bins_per_spot, resolve_device
+from histex.model.fit import bins_per_spot, default_batch_size, resolve_device
 from histex.pp._features import read_features
 
 logger = logging.getLogger("histex")
 
-#: What each variant sets; explicit arguments of ``super_resolve`` override the first five. The choices for
+#: What each variant sets; explicit arguments of ``super_resolve`` override stride,
+#: context_dropout, targets and epochs. The choices for
 #: "histex" were measured on the toy section (mean per-gene Pearson at 8 µm against ground truth; see CHANGELOG).
 _PAPER_MLP = (1024, 512, 512, 512)
 _SMALL_MLP = (256, 256, 256, 256)  # as accurate as the paper's widths on texture features, three times faster
@@ -34,6 +35,7 @@ VARIANTS: dict[str, dict] = {
         "carry_context": True,
         "context_skip": True,
         "hidden": _SMALL_MLP,
+        "epochs": 60,
     },
     # The iStar design: a per-bin MLP on image features, same disk loss, no expression context.
     "image_only": {
@@ -45,6 +47,7 @@ VARIANTS: dict[str, dict] = {
         "carry_context": False,
         "context_skip": False,
         "hidden": _SMALL_MLP,
+        "epochs": 60,
     },
     # The published setting (linear MLP, non-overlapping 7 x 7 blocks, min-max targets), with the corrections kept.
     "paper": {
@@ -56,6 +59,7 @@ VARIANTS: dict[str, dict] = {
         "carry_context": False,
         "context_skip": False,
         "hidden": _PAPER_MLP,
+        "epochs": 500,
     },
 }
 
@@ -72,8 +76,9 @@ def super_resolve(
     n_top_genes: int = 1000,
     bin_size_um: float = 8.0,
     mpp: float | None = None,
+    spot_diameter_um: float = geometry.VISIUM_SPOT_DIAMETER_UM,
     variant: str = "histex",
-    epochs: int = 100,
+    epochs: int | None = None,
     n_states: int = 5,
     batch_size: int | None = None,
     lr: float = 1e-4,
@@ -112,6 +117,9 @@ def super_resolve(
         Bin edge in µm; must match the features.
     mpp
         Microns per pixel of the full-resolution image; by default from the reader's metadata or the spot lattice.
+    spot_diameter_um
+        Diameter of the capture area of a spot, whose bins the disk loss averages (55 µm on Visium). The spot
+        circles' radius is not used for this: Space Ranger draws them at 65 µm.
     variant
         ``"histex"`` (default): nonlinear MLP, fusion blocks that carry the measured expression through, the mean
         context expression given to the MLP as well, each spot's own measurement left out of its context at
@@ -120,8 +128,8 @@ def super_resolve(
         blocks, min-max targets), with the reference code's defects corrected (neighbours by location, attention
         scaled by the head dimension, shuffled batches, hexagonal lattice).
     epochs
-        Passes over the spots per ensemble state (the paper uses 500; on the toy section more than about 100
-        over-fits the few hundred spots).
+        Passes over the spots per ensemble state. Variant default: 500 for ``"paper"`` (published), 60 otherwise
+        (on the toy section more than about 100 over-fits its 200 spots).
     n_states
         Independently seeded networks in the ensemble (paper: 5).
     batch_size
@@ -173,12 +181,14 @@ def super_resolve(
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}.")
     settings = dict(VARIANTS[variant])
-    for name, value in {"stride": stride, "context_dropout": context_dropout, "targets": targets}.items():
+    overrides = {"stride": stride, "context_dropout": context_dropout, "targets": targets, "epochs": epochs}
+    for name, value in overrides.items():
         if value is not None:
             settings[name] = value
     if settings["context_dropout"] not in ("self", "none"):
         raise ValueError(f"context_dropout must be 'self' or 'none', got {settings['context_dropout']!r}.")
     torch_device = resolve_device(device)
+    _check_output_keys(sdata, key_added)
 
     # --- inputs -------------------------------------------------------------------------------------------------
     image_key = _sdata.find_image_key(sdata, image_key)
@@ -189,8 +199,9 @@ def super_resolve(
     shape_yx = (image.sizes["y"], image.sizes["x"])
     _sdata.check_spots_in_image(spots, shape_yx, image_key)
     mpp, mpp_source = _sdata.infer_mpp(spots, mpp=mpp)
+    circle_diameter_um = _sdata.check_spot_radius(spots, mpp, spot_diameter_um)
     grid = geometry.BinGrid.for_image(shape_yx, mpp=mpp, bin_size_um=bin_size_um)
-    features_key, feats = read_features(sdata, image_key, features_key)
+    features_key, feats = read_features(sdata, image_key, cs, features_key)
     if abs(feats.bin_px / grid.bin_px - 1) > 1e-3 or feats.data.shape[1:] != grid.shape:
         raise ValueError(
             f"Features {features_key!r} lie on bins of {feats.bin_px:.3f} px, but {bin_size_um} µm at {mpp:.4f} µm/px "
@@ -223,14 +234,14 @@ def super_resolve(
         features=standardise(with_position(feats.data), feats.tissue),
         tissue=feats.tissue,
         spot_rc=spot_rc,
-        radius_bins=spots.radius_px / grid.bin_px,
+        radius_bins=spot_diameter_um / 2 / bin_size_um,
         targets=y,
         context=context,
     )
     window = geometry.window_size(problem.radius_bins)
     config = FitConfig(
         use_context=settings["use_context"],
-        epochs=epochs,
+        epochs=settings["epochs"],
         n_states=n_states,
         batch_size=batch_size,
         lr=lr,
@@ -262,7 +273,6 @@ def super_resolve(
     params = {
         "variant": variant,
         **settings,
-        "epochs": epochs,
         "n_states": n_states,
         "lr": lr,
         "k_context": k_context,
@@ -270,7 +280,7 @@ def super_resolve(
         "window": window,
         "seed": seed,
         "device": str(torch_device),
-        "batch_size": config.batch_size or 0,
+        "batch_size": config.batch_size or default_batch_size(len(counts)),
         "genes_given": genes is not None,
         "n_top_genes": n_top_genes,
         "layer": layer or "X",
@@ -286,7 +296,9 @@ def super_resolve(
             "coordinate_system": cs,
             "mpp": mpp,
             "mpp_source": mpp_source,
-            "spot_radius_px": spots.radius_px,
+            "spot_diameter_um": spot_diameter_um,
+            "circle_diameter_um": circle_diameter_um,
+            "radius_bins": problem.radius_bins,
             "n_spots": len(counts),
             "grid_shape": list(grid.shape),
             "bin_px": grid.bin_px,
@@ -324,11 +336,37 @@ def super_resolve(
     return key_added
 
 
+def _check_output_keys(sdata, key_added: str) -> None:
+    """The output names must be free, or hold an earlier ``super_resolve`` result (which is then replaced)."""
+    bins_key = f"{key_added}_bins"
+    ours = key_added in sdata.tables and "histex" in sdata.tables[key_added].uns
+    for name, store in ((bins_key, sdata.shapes), (key_added, sdata.tables)):
+        taken = name in sdata.images or name in sdata.labels or name in sdata.points or name in sdata.shapes
+        taken = taken or name in sdata.tables
+        if taken and not (ours and name in store):
+            raise ValueError(
+                f"key_added={key_added!r} would write {name!r}, which names an element of the input; "
+                "choose another key_added."
+            )
+
+
 def _spot_counts(table, *, layer, genes, n_top_genes) -> tuple[np.ndarray, list[str]]:
-    """Dense counts of the genes to predict, validated: non-negative, finite, present."""
-    matrix = table.layers[layer] if layer is not None else table.X
+    """Dense counts of the genes to predict, validated: non-negative, finite, present.
+
+    Checks and gene selection run on the stored (often sparse) matrix; only the chosen genes are made dense.
+    """
     if layer is not None and layer not in table.layers:
-        raise KeyError(f"No layer {layer!r} in the table; layers: {list(table.layers)}.")
+        raise KeyError(f"No layer {layer!r} in the table; layers: {list(table.layers)}. Pass layer=None to use X.")
+    matrix = table.layers[layer] if layer is not None else table.X
+    matrix = sp.csr_matrix(matrix) if sp.issparse(matrix) else np.asarray(matrix)
+    values = matrix.data if sp.issparse(matrix) else matrix
+    if not np.isfinite(values).all():
+        raise ValueError("The counts contain NaN or infinite values; histex needs raw, finite counts per spot.")
+    if (values < 0).any():
+        raise ValueError(
+            "The counts contain negative values; histex needs raw counts (or non-negative expression), not scaled or "
+            "centred data. Pass layer=... to use raw counts."
+        )
     var_names = pd.Index(table.var_names.astype(str))
     if genes is not None:
         genes = [str(g) for g in ([genes] if isinstance(genes, str) else genes)]
@@ -338,38 +376,29 @@ def _spot_counts(table, *, layer, genes, n_top_genes) -> tuple[np.ndarray, list[
             raise ValueError(f"{len(missing)} requested gene(s) are not in the table: {shown}. Check var_names.")
         cols = var_names.get_indexer(genes)
     else:
-        cols = np.arange(len(var_names))
+        cols = np.flatnonzero(np.asarray(matrix.sum(axis=0)).ravel() > 0)  # genes no spot expresses teach nothing
+        if n_top_genes < len(cols):
+            cols = cols[_highly_variable(matrix[:, cols], n_top_genes)]
     x = matrix[:, cols]
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
-    x = x.astype(np.float64)
-    if not np.isfinite(x).all():
-        raise ValueError("The counts contain NaN or infinite values; histex needs raw, finite counts per spot.")
-    if (x < 0).any():
-        raise ValueError(
-            "The counts contain negative values; histex needs raw counts (or non-negative expression), not scaled or "
-            "centred data. Pass layer=... to use raw counts."
-        )
-    if genes is None:
-        expressed = x.sum(axis=0) > 0
-        x, cols = x[:, expressed], cols[expressed]
-        if n_top_genes < x.shape[1]:
-            keep = _highly_variable(x, n_top_genes)
-            x, cols = x[:, keep], cols[keep]
-    return x, [var_names[c] for c in cols]
+    return x.astype(np.float64), [var_names[c] for c in cols]
 
 
-def _highly_variable(x: np.ndarray, n_top: int) -> np.ndarray:
+def _highly_variable(x, n_top: int) -> np.ndarray:
     """Column indices of the ``n_top`` most variable genes: scanpy's seurat_v3 on counts, variance otherwise."""
     import anndata as ad
     import scanpy as sc
 
-    if np.allclose(x, np.round(x)):
+    values = x.data if sp.issparse(x) else x
+    if np.array_equal(values, np.round(values)):
         adata = ad.AnnData(x.astype(np.float32))
         sc.pp.highly_variable_genes(adata, flavor="seurat_v3", n_top_genes=n_top)
         rank = adata.var["highly_variable_rank"].to_numpy()
         return np.sort(np.argsort(np.where(np.isnan(rank), np.inf, rank), kind="stable")[:n_top])
     logger.warning("The counts are not integers (normalised data?); choosing genes by variance instead of seurat_v3.")
-    return np.sort(np.argsort(-x.var(axis=0), kind="stable")[:n_top])
+    mean = np.asarray(x.mean(axis=0)).ravel()
+    mean_sq = np.asarray(x.multiply(x).mean(axis=0)).ravel() if sp.issparse(x) else (x**2).mean(axis=0)
+    return np.sort(np.argsort(-(mean_sq - mean**2), kind="stable")[:n_top])
 
 
 def _versions() -> dict[str, str]:
