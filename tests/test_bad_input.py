@@ -124,3 +124,69 @@ def test_unknown_variant_and_device(toy):
 
     if not torch.cuda.is_available():
         _fails(toy, "no CUDA device", device="cuda")
+
+
+def test_a_few_spots_just_past_the_edge(toy):
+    gdf = toy.shapes["toy"]
+    xy = np.stack([gdf.geometry.x, gdf.geometry.y], 1)
+    xy[:3, 0] = 1440 + 5  # three spots a few pixels beyond the right edge of the 1440 px image
+    toy.shapes["toy"] = ShapesModel.parse(
+        xy, geometry=0, radius=gdf["radius"].to_numpy(), index=gdf.index, transformations={"toy": Identity()}
+    )
+    _fails(toy, "3 of .* spot centres lie outside the image")
+
+
+@pytest.mark.parametrize("key", ["toy", "table", "toy_full_image", "truth"])
+def test_key_added_naming_an_input_element(toy, key):
+    _fails(toy, "names an element of the input", key_added=key)
+
+
+def test_key_added_replaces_an_earlier_result(toy):
+    hx.tl.super_resolve(toy, key_added="again", **FAST)
+    first = toy.tables["again"].uns["histex"]["params"]["seed"]
+    hx.tl.super_resolve(toy, key_added="again", **{**FAST, "seed": 7})
+    assert first == 0 and toy.tables["again"].uns["histex"]["params"]["seed"] == 7
+
+
+def test_missing_layer(toy):
+    _fails(toy, "No layer 'counts'.*layer=None", layer="counts")
+
+
+def test_negative_counts_in_a_sparse_layer(toy):
+    import scipy.sparse as sp
+
+    x = sp.csr_matrix(toy.tables["table"].X, dtype=np.float32, copy=True)
+    x.data[5] = -2.0
+    toy.tables["table"].layers["counts"] = x
+    _fails(toy, "negative values", layer="counts")
+
+
+def test_extract_features_bad_input(small_toy):
+    """extract_features validates like super_resolve, and writes nothing on error."""
+    toy = sd.deepcopy(small_toy)
+    for key in list(toy.images):
+        del toy.images[key]
+    before = fingerprint(toy)
+    with pytest.raises(ValueError, match="has no image"):
+        hx.pp.extract_features(toy, show_progress=False)
+    assert fingerprint(toy) == before
+
+    toy = sd.deepcopy(small_toy)
+    set_transformation(toy.shapes["toy"], {"other": Identity()}, set_all=True)
+    before = fingerprint(toy)
+    with pytest.raises(ValueError, match="share no coordinate system"):
+        hx.pp.extract_features(toy, show_progress=False)
+    assert fingerprint(toy) == before
+
+    toy = sd.deepcopy(small_toy)
+    gdf = toy.shapes["toy"]
+    xy = np.random.default_rng(0).uniform(100, 1300, size=(len(gdf), 2))
+    toy.shapes["toy"] = ShapesModel.parse(
+        xy, geometry=0, radius=gdf["radius"].to_numpy(), index=gdf.index, transformations={"toy": Identity()}
+    )
+    before = fingerprint(toy)
+    with pytest.raises(ValueError, match="Pass mpp="):
+        hx.pp.extract_features(toy, show_progress=False)
+    assert fingerprint(toy) == before
+    # with the pixel size given, no spots are needed
+    assert hx.pp.extract_features(toy, mpp=0.5, show_progress=False).endswith("_features")

@@ -44,6 +44,23 @@ def test_visium_disk_has_37_bins_and_fits_the_window():
     assert masks7.sum(1).mean() == pytest.approx(np.pi * radius**2, rel=0.03)
 
 
+def test_disk_masks_off_centre_by_brute_force():
+    """An off-centre spot: the mask must equal the bins whose centres lie within 27.5 µm, measured in µm."""
+    centre_rc = np.array([10.9, 20.1])  # in bins; (row, col)
+    anchor, mask = geometry.disk_masks(centre_rc[None], 27.5 / 8, 7)
+    assert anchor.tolist() == [[10, 20]]
+    got = {tuple(anchor[0] + o) for o, m in zip(geometry.window_offsets(7), mask[0], strict=True) if m}
+    expected = {
+        (r, c)
+        for r in range(30)
+        for c in range(40)
+        if np.hypot((r + 0.5) * 8 - centre_rc[0] * 8, (c + 0.5) * 8 - centre_rc[1] * 8) <= 27.5
+    }
+    assert got == expected
+    # bin row 7 is 3.4 bins (27.2 µm) above the centre, row 14 is 3.6 bins (28.8 µm) below it
+    assert (7, 20) in got and (14, 20) not in got
+
+
 def test_window_grows_for_small_bins():
     assert geometry.window_size(27.5 / 4) == 15
     assert geometry.window_size(27.5 / 16) == 7
