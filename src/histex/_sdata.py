@@ -326,3 +326,38 @@ def bin_elements(grid: geometry.BinGrid, rows: np.ndarray, cols: np.ndarray, *, 
         index=pd.Index([f"bin_{r:05d}_{c:05d}" for r, c in zip(rows, cols, strict=True)]),
     )
     return shapes, obs
+
+
+@dataclass
+class Section:
+    """The elements of one Visium section that histex works on, resolved and checked."""
+
+    image_key: str
+    spots_key: str
+    table_key: str
+    coordinate_system: str
+    shape_yx: tuple[int, int]  # full-resolution image, pixels
+    spots: Spots
+    mpp: float
+    mpp_source: str
+
+
+def read_section(
+    sdata,
+    *,
+    image_key: str | None = None,
+    spots_key: str | None = None,
+    table_key: str | None = None,
+    coordinate_system: str | None = None,
+    mpp: float | None = None,
+) -> Section:
+    """Find the image, the spots and their counts, place the spots on the image and infer the pixel size."""
+    image_key = find_image_key(sdata, image_key)
+    spots_key, table_key = find_spots(sdata, spots_key, table_key)
+    cs = common_coordinate_system(sdata, image_key, spots_key, coordinate_system)
+    spots = read_spots(sdata, spots_key, table_key, image_key, cs)
+    image = image_array(sdata, image_key)
+    shape_yx = (int(image.sizes["y"]), int(image.sizes["x"]))
+    check_spots_in_image(spots, shape_yx, image_key)
+    mpp, mpp_source = infer_mpp(spots, mpp=mpp)
+    return Section(image_key, spots_key, table_key, cs, shape_yx, spots, mpp, mpp_source)

@@ -117,16 +117,14 @@ def extract_features(
     """
     start = time.perf_counter()
     encoder = get_encoder(model)
-    image_key = _sdata.find_image_key(sdata, image_key)
-    image_el = _sdata.image_array(sdata, image_key)
     if mpp is None:
-        spots_key, table_key = _sdata.find_spots(sdata, spots_key, table_key)
-        cs = _sdata.common_coordinate_system(sdata, image_key, spots_key)
-        spots = _sdata.read_spots(sdata, spots_key, table_key, image_key, cs)
-        mpp, source = _sdata.infer_mpp(spots)
-        logger.info("Pixel size %.4f µm/px, from the %s.", mpp, source)
+        section = _sdata.read_section(sdata, image_key=image_key, spots_key=spots_key, table_key=table_key)
+        image_key, mpp = section.image_key, section.mpp
+        logger.info("Pixel size %.4f µm/px, from the %s.", mpp, section.mpp_source)
     else:
+        image_key = _sdata.find_image_key(sdata, image_key)
         mpp = _sdata.check_mpp(mpp)
+    image_el = _sdata.image_array(sdata, image_key)
     shape_yx = (image_el.sizes["y"], image_el.sizes["x"])
     grid = geometry.BinGrid.for_image(shape_yx, mpp=mpp, bin_size_um=bin_size_um)
     if grid.n_rows < 1 or grid.n_cols < 1:

@@ -191,14 +191,22 @@ def super_resolve(
     _check_output_keys(sdata, key_added)
 
     # --- inputs -------------------------------------------------------------------------------------------------
-    image_key = _sdata.find_image_key(sdata, image_key)
-    spots_key, table_key = _sdata.find_spots(sdata, spots_key, table_key)
-    cs = _sdata.common_coordinate_system(sdata, image_key, spots_key, coordinate_system)
-    spots = _sdata.read_spots(sdata, spots_key, table_key, image_key, cs)
-    image = _sdata.image_array(sdata, image_key)
-    shape_yx = (image.sizes["y"], image.sizes["x"])
-    _sdata.check_spots_in_image(spots, shape_yx, image_key)
-    mpp, mpp_source = _sdata.infer_mpp(spots, mpp=mpp)
+    section = _sdata.read_section(
+        sdata,
+        image_key=image_key,
+        spots_key=spots_key,
+        table_key=table_key,
+        coordinate_system=coordinate_system,
+        mpp=mpp,
+    )
+    image_key, spots_key, table_key = section.image_key, section.spots_key, section.table_key
+    cs, spots, shape_yx, mpp, mpp_source = (
+        section.coordinate_system,
+        section.spots,
+        section.shape_yx,
+        section.mpp,
+        section.mpp_source,
+    )
     circle_diameter_um = _sdata.check_spot_radius(spots, mpp, spot_diameter_um)
     grid = geometry.BinGrid.for_image(shape_yx, mpp=mpp, bin_size_um=bin_size_um)
     features_key, feats = read_features(sdata, image_key, cs, features_key)
