@@ -231,18 +231,20 @@ def check_mpp(mpp: float) -> float:
 
 def infer_mpp(
     spots: Spots,
+    lattice: tuple[float, float],
     *,
     mpp: float | None = None,
     pitch_um: float = geometry.VISIUM_PITCH_UM,
 ) -> tuple[float, str]:
     """Microns per pixel of the full-resolution image: given, from the reader's metadata, or from the spot lattice.
 
-    Returns the value and a short description of where it came from. The lattice pitch (100 µm on Visium) is the
+    ``lattice`` is :func:`histex.geometry.lattice_pitch` of the spot centres. Returns the value and a short
+    description of where it came from. The lattice pitch (100 µm on Visium) is the
     reference: Space Ranger's ``spot_diameter_fullres`` describes a 65 µm spot, not the 55 µm capture area, so
     the circles' radius cannot give the pixel size. A given or stored value that disagrees with the lattice is
     logged.
     """
-    pitch_px, regular = geometry.lattice_pitch(spots.xy_px)
+    pitch_px, regular = lattice
     on_lattice = np.isfinite(pitch_px) and pitch_px > 0 and regular >= 0.5
     mpp_lattice = pitch_um / pitch_px if on_lattice else float("nan")
     if mpp is not None:
@@ -338,6 +340,7 @@ class Section:
     coordinate_system: str
     shape_yx: tuple[int, int]  # full-resolution image, pixels
     spots: Spots
+    pitch_px: float  # median nearest-neighbour distance of the spots, in image pixels
     mpp: float
     mpp_source: str
 
@@ -359,5 +362,6 @@ def read_section(
     image = image_array(sdata, image_key)
     shape_yx = (int(image.sizes["y"]), int(image.sizes["x"]))
     check_spots_in_image(spots, shape_yx, image_key)
-    mpp, mpp_source = infer_mpp(spots, mpp=mpp)
-    return Section(image_key, spots_key, table_key, cs, shape_yx, spots, mpp, mpp_source)
+    lattice = geometry.lattice_pitch(spots.xy_px)
+    mpp, mpp_source = infer_mpp(spots, lattice, mpp=mpp)
+    return Section(image_key, spots_key, table_key, cs, shape_yx, spots, lattice[0], mpp, mpp_source)

@@ -199,17 +199,10 @@ def super_resolve(
         coordinate_system=coordinate_system,
         mpp=mpp,
     )
-    image_key, spots_key, table_key = section.image_key, section.spots_key, section.table_key
-    cs, spots, shape_yx, mpp, mpp_source = (
-        section.coordinate_system,
-        section.spots,
-        section.shape_yx,
-        section.mpp,
-        section.mpp_source,
-    )
+    image_key, spots, mpp = section.image_key, section.spots, section.mpp
     circle_diameter_um = _sdata.check_spot_radius(spots, mpp, spot_diameter_um)
-    grid = geometry.BinGrid.for_image(shape_yx, mpp=mpp, bin_size_um=bin_size_um)
-    features_key, feats = read_features(sdata, image_key, cs, features_key)
+    grid = geometry.BinGrid.for_image(section.shape_yx, mpp=mpp, bin_size_um=bin_size_um)
+    features_key, feats = read_features(sdata, image_key, section.coordinate_system, features_key)
     if abs(feats.bin_px / grid.bin_px - 1) > 1e-3 or feats.data.shape[1:] != grid.shape:
         raise ValueError(
             f"Features {features_key!r} lie on bins of {feats.bin_px:.3f} px, but {bin_size_um} µm at {mpp:.4f} µm/px "
@@ -219,12 +212,12 @@ def super_resolve(
     logger.info(
         "Image %r, spots %r (%d), table %r, %d genes; %.4f µm/px from the %s; %d x %d bins of %g µm, %d in tissue.",
         image_key,
-        spots_key,
+        section.spots_key,
         len(counts),
-        table_key,
+        section.table_key,
         len(gene_names),
         mpp,
-        mpp_source,
+        section.mpp_source,
         *grid.shape,
         bin_size_um,
         int(feats.tissue.sum()),
@@ -235,8 +228,7 @@ def super_resolve(
     scaler = TargetScaler.fit(counts, settings["targets"])
     y = scaler.transform(counts)
     spot_rc = spots.xy_px[:, ::-1] / grid.bin_px
-    pitch_px, _ = geometry.lattice_pitch(spots.xy_px)
-    context = context_points(spot_rc, y, pitch=pitch_px / grid.bin_px) if settings["use_context"] else None
+    context = context_points(spot_rc, y, pitch=section.pitch_px / grid.bin_px) if settings["use_context"] else None
     lap("context")
     problem = Problem(
         features=standardise(with_position(feats.data), feats.tissue),
@@ -265,8 +257,6 @@ def super_resolve(
         device=torch_device,
         show_progress=show_progress,
     )
-    if config.use_context and k_context > len(context):
-        raise ValueError(f"k_context={k_context} exceeds the {len(context)} context points.")
     lap("prepare")
 
     # --- fit and predict ----------------------------------------------------------------------------------------
@@ -297,13 +287,13 @@ def super_resolve(
         "params": params,
         "data": {
             "image_key": image_key,
-            "spots_key": spots_key,
-            "table_key": table_key,
+            "spots_key": section.spots_key,
+            "table_key": section.table_key,
             "features_key": features_key,
             "feature_channels": list(feats.names),
-            "coordinate_system": cs,
+            "coordinate_system": section.coordinate_system,
             "mpp": mpp,
-            "mpp_source": mpp_source,
+            "mpp_source": section.mpp_source,
             "spot_diameter_um": spot_diameter_um,
             "circle_diameter_um": circle_diameter_um,
             "radius_bins": problem.radius_bins,
