@@ -78,15 +78,36 @@ class BinGrid:
 
 def bin_means(image: np.ndarray, grid: BinGrid) -> np.ndarray:
     """Mean of each channel of an ``(y, x, c)`` image over the pixels each bin claims, as ``(c, n_rows, n_cols)``."""
-    labels = grid.pixel_labels(image.shape[:2]).ravel()
-    keep = labels >= 0
-    n_bins = grid.n_rows * grid.n_cols
-    counts = np.bincount(labels[keep], minlength=n_bins).astype(np.float64)
-    out = np.empty((image.shape[2], n_bins), dtype=np.float32)
-    for ch in range(image.shape[2]):
-        sums = np.bincount(labels[keep], weights=image[..., ch].ravel()[keep].astype(np.float64), minlength=n_bins)
+    return region_bin_means(image, (0, 0), grid.bin_px, (0, grid.n_rows), (0, grid.n_cols))
+
+
+def region_bin_means(
+    window: np.ndarray,
+    origin_yx: tuple[int, int],
+    bin_px: float,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+) -> np.ndarray:
+    """Mean of each channel over the pixels that each bin of ``rows x cols`` claims (the pixels whose centres lie in
+    its square), from a ``(y, x, c)`` ``window`` of an image whose first pixel is ``origin_yx``.
+
+    The window must hold every pixel of those bins. Returns ``(c, rows[1] - rows[0], cols[1] - cols[0])`` float32.
+    """
+    (r0, r1), (c0, c1) = rows, cols
+    ys = np.floor((np.arange(window.shape[0]) + origin_yx[0] + 0.5) / bin_px).astype(np.int64) - r0
+    xs = np.floor((np.arange(window.shape[1]) + origin_yx[1] + 0.5) / bin_px).astype(np.int64) - c0
+    ys[(ys < 0) | (ys >= r1 - r0)] = -1
+    xs[(xs < 0) | (xs >= c1 - c0)] = -1
+    iy, ix = np.flatnonzero(ys >= 0), np.flatnonzero(xs >= 0)
+    labels = (ys[iy][:, None] * (c1 - c0) + xs[ix][None, :]).ravel()
+    n_bins = (r1 - r0) * (c1 - c0)
+    counts = np.bincount(labels, minlength=n_bins).astype(np.float64)
+    part = window[iy[:, None], ix[None, :]] if len(iy) and len(ix) else window[:0, :0]
+    out = np.empty((window.shape[2], n_bins), dtype=np.float32)
+    for ch in range(window.shape[2]):
+        sums = np.bincount(labels, weights=part[..., ch].ravel().astype(np.float64), minlength=n_bins)
         out[ch] = sums / np.maximum(counts, 1)
-    return out.reshape(image.shape[2], grid.n_rows, grid.n_cols)
+    return out.reshape(window.shape[2], r1 - r0, c1 - c0)
 
 
 def hex_lattice(width: float, height: float, *, pitch: float, offset: tuple[float, float] | None = None) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import numpy as np
+import torch
 
 
 class Encoder(ABC):
@@ -14,6 +15,9 @@ class Encoder(ABC):
     ``tile_size`` px with ``margin`` px of surrounding context on every side, and assembles the patch features into
     a map over the bin grid. A vision transformer has ``margin = 0``; an encoder that looks at neighbouring bins
     asks for a margin.
+
+    Subclasses set the attributes below and implement :attr:`feature_names` and :meth:`encode`; encoders that run
+    on an accelerator also override :meth:`to`.
     """
 
     #: Registry name; used in the key of the features element.
@@ -30,19 +34,37 @@ class Encoder(ABC):
     def feature_names(self) -> list[str]:
         """One name per output channel."""
 
+    @property
+    def digest(self) -> str | None:
+        """A fingerprint of the weights (or of the algorithm, for a weight-free encoder), used to reuse features
+        computed before. ``None``: unknown, features are always recomputed."""
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        """Where :meth:`encode` expects its tiles."""
+        return torch.device("cpu")
+
+    def to(self, device: torch.device, **options) -> Encoder:
+        """Get ready to encode on ``device``; the options (precision, channels_last, compile) concern torch models.
+
+        The default encoder runs on the CPU whatever the device.
+        """
+        return self
+
     @abstractmethod
-    def encode(self, tiles: np.ndarray) -> np.ndarray:
+    def encode(self, tiles: torch.Tensor) -> torch.Tensor | np.ndarray:
         """Encode a batch of tiles.
 
         Parameters
         ----------
         tiles
-            ``(batch, 3, tile_size + 2 * margin, tile_size + 2 * margin)`` float32 RGB in [0, 1].
+            ``(batch, 3, tile_size + 2 * margin, tile_size + 2 * margin)`` uint8 RGB on :attr:`device`.
 
         Returns
         -------
-        ``(batch, n_features, tile_size // patch_size, tile_size // patch_size)`` float32 features of the
-        tile's core (the margin excluded).
+        ``(batch, n_features, tile_size // patch_size, tile_size // patch_size)`` float features of the tile's core
+        (the margin excluded).
         """
 
     def __repr__(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from histex.encoders._base import Encoder
@@ -50,8 +51,12 @@ class TextureEncoder(Encoder):
         names += [f"{m}_ctx{s}" for s in _CONTEXT_SCALES for m in _CONTEXT_MAPS]
         return names
 
-    def encode(self, tiles: np.ndarray) -> np.ndarray:
-        tiles = np.asarray(tiles, dtype=np.float32)
+    @property
+    def digest(self) -> str:
+        return f"{self.name}-v1"  # no weights: the algorithm's version identifies the features
+
+    def encode(self, tiles: torch.Tensor) -> torch.Tensor:
+        tiles = np.asarray(tiles.cpu(), dtype=np.float32) / 255.0
         od = -np.log10((tiles * 255.0 + 1.0) / 256.0)  # (b, 3, h, w)
         conc = np.einsum("bchw,cs->bshw", od, _UNMIX)
         grey = tiles.mean(axis=1)
@@ -78,4 +83,4 @@ class TextureEncoder(Encoder):
         out = np.concatenate([mean, std, nuclear, *context], axis=1)
         m = self.margin // p
         core = out[:, :, m : out.shape[2] - m, m : out.shape[3] - m]
-        return np.ascontiguousarray(core, dtype=np.float32)
+        return torch.from_numpy(np.ascontiguousarray(core, dtype=np.float32))

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from histex import geometry
+from histex._device import resolve_device
 from histex.model.context import ContextPoints, nearest_context
 from histex.nn import HistexNet, ImageOnlyNet
 
@@ -63,22 +64,6 @@ class Prediction:
     spread: np.ndarray  # (n_bins, n_genes): standard deviation over states, averaged over windows
     embedding: np.ndarray  # (n_bins, dim): first state's embedding
     history: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))  # (n_states, epochs) training loss
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` picks cuda, then mps, then cpu; a requested device that is absent is an error."""
-    if device is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but no CUDA device is available; use device='cpu' or None.")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device='mps' was requested but MPS is not available; use device='cpu' or None.")
-    return device
 
 
 class _TokenGrid:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+import torch
 
 from histex import _sdata, geometry
-from histex.encoders import Encoder, get_encoder
-from histex.pp._image import iter_tiles, resample, rgb_uint8
+from histex._device import resolve_device, resolve_precision
+from histex.encoders import DEFAULT_MODEL, Encoder, plan_encoder
+from histex.pp._image import image_source
+from histex.pp._tiling import ImageSource, default_num_workers, encode_blocks, plan_tiling, tiling_shifts
 from histex.pp._tissue import tissue_mask
 
 logger = logging.getLogger("histex")
@@ -35,54 +39,59 @@ def encode_image(
     *,
     mpp: float,
     bin_size_um: float,
+    n_shifts: int = 1,
     batch_size: int = 8,
     show_progress: bool = True,
 ) -> np.ndarray:
-    """Run an encoder over a ``(y, x, 3)`` uint8 image and return ``(n_features, rows, cols)`` on the bin grid.
+    """Run an encoder over an in-memory ``(y, x, 3)`` uint8 image; ``(n_features, rows, cols)`` on the bin grid."""
+    source = ImageSource(levels=[np.asarray(image).transpose(2, 0, 1)], factors=[1], mpp=mpp)
+    out = np.zeros((len(encoder.feature_names), grid.n_rows, grid.n_cols), dtype=np.float32)
 
-    The image is resampled so that one encoder patch is one bin, then cut into tiles with the encoder's margin.
-    """
-    p = encoder.patch_size
-    working = resample(image, mpp / (bin_size_um / p))
-    need_y, need_x = grid.n_rows * p, grid.n_cols * p
-    working = working[:need_y, :need_x]
-    t = encoder.tile_size // p
-    n_ty, n_tx = -(-need_y // encoder.tile_size), -(-need_x // encoder.tile_size)
-    out = np.zeros((len(encoder.feature_names), n_ty * t, n_tx * t), dtype=np.float32)
-    batch, where = [], []
+    def sink(bounds, feats, rgb):
+        r0, r1, c0, c1 = bounds
+        out[:, r0:r1, c0:c1] = feats
 
-    def flush():
-        feats = encoder.encode(np.stack(batch).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-        for (ty, tx), f in zip(where, feats, strict=True):
-            out[:, ty * t : (ty + 1) * t, tx * t : (tx + 1) * t] = f
-        batch.clear()
-        where.clear()
-
-    tiles = iter_tiles(working, encoder.tile_size, encoder.margin)
-    for ty, tx, patch in tqdm(tiles, total=n_ty * n_tx, desc=f"features ({encoder.name})", disable=not show_progress):
-        batch.append(patch)
-        where.append((ty, tx))
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
-    return out[:, : grid.n_rows, : grid.n_cols]
+    encode_blocks(
+        source,
+        grid,
+        encoder,
+        working_mpp=bin_size_um / encoder.patch_size,
+        n_shifts=n_shifts,
+        batch_size=batch_size,
+        sink=sink,
+        show_progress=show_progress,
+    )
+    return out
 
 
 def extract_features(
     sdata,
     image_key: str | None = None,
     *,
-    model: str | Encoder = "texture",
+    model: str | Encoder | torch.nn.Module | Callable = DEFAULT_MODEL,
+    weights: str | Path | None = None,
     bin_size_um: float = 8.0,
     mpp: float | None = None,
+    n_shifts: int = 1,
+    patch_size: int | None = None,
+    tile_size: int | None = None,
     spots_key: str | None = None,
     table_key: str | None = None,
-    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    compile: bool = False,
+    overwrite: bool = False,
     key_added: str | None = None,
     show_progress: bool = True,
 ) -> str:
     """Compute image features for every bin of the bin grid and store them in ``sdata``.
+
+    The image is read lazily (from the pyramid level closest to the working resolution), resampled so that one
+    encoder patch is one bin (``bin_size_um / patch_size`` µm/px: 0.5 µm/px for 16 px patches and 8 µm bins),
+    cut into tiles by worker processes, encoded in batches, and written block by block; when ``sdata`` is backed by
+    a zarr store, straight into it, so that memory stays bounded on any slide.
 
     Parameters
     ----------
@@ -92,17 +101,38 @@ def extract_features(
     image_key
         The image; found automatically when unambiguous (``*_full_image`` is preferred).
     model
-        An encoder name (see :func:`histex.encoders.available_models`) or an :class:`histex.encoders.Encoder`.
+        An encoder name (see :func:`histex.pp.available_models`: ``"uni"``, ``"uni2-h"``, ``"h-optimus-0"``,
+        ``"virchow2"``, ``"gigapath"``, ``"resnet50"``, ``"texture"``), an :class:`histex.encoders.Encoder`, or a
+        torch module / callable that maps normalised tiles to tokens or a feature map (give its ``patch_size``).
         The default ``"texture"`` is weight-free: colour deconvolution and multi-scale texture statistics.
+    weights
+        For foundation models, a local state dict file; otherwise the Hugging Face cache (see
+        :func:`histex.encoders.get_encoder`). Nothing is downloaded without a log line.
     bin_size_um
         Bin edge in µm (8 µm, the Visium HD resolution).
     mpp
         Microns per pixel of the image. By default inferred from the reader's metadata or the spot lattice
         (100 µm pitch), for which the spots are read.
+    n_shifts
+        Tilings to average, shifted over one tile on a ``k x k`` lattice (1 = non-overlapping tiles, as the paper;
+        16 as iStar). Averaging removes the tile-border pattern at ``n_shifts`` times the cost.
+    patch_size, tile_size
+        Pixels per token (needed for a torch module) and per tile; the model's own by default.
     spots_key, table_key
         The spot circles and their counts table, only used to infer ``mpp``; found automatically.
+    device
+        ``None`` picks cuda, then mps, then cpu.
+    precision
+        Autocast precision of torch models: ``"auto"`` (bfloat16 on a GPU that has it, else float16; float32 on
+        CPU), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
     batch_size
-        Tiles per encoder call.
+        Tiles per encoder call; by default 256 on a GPU (halved whenever it runs out of memory) and 8 on a CPU.
+    num_workers
+        Processes that read and resample tiles; by default up to 8 beside a GPU and up to 2 on a CPU.
+    compile
+        Compile a torch model with :func:`torch.compile` (faster on large slides, slow to start).
+    overwrite
+        Recompute even when features with the same image, model, weights and settings are stored.
     key_added
         Key of the features element; default ``"{image_key}_{model}_features"``.
     show_progress
@@ -113,10 +143,11 @@ def extract_features(
     The key of the features element. ``sdata.images[key]`` holds ``(channels, rows, cols)`` float32 features with
     the encoder's channels plus the mean colour of each bin (``mean_r``, ``mean_g``, ``mean_b``), placed on the
     image by a ``Scale`` of one bin in image pixels composed with the image's own transformations.
-    ``sdata.labels["{image_key}_{model}_tissue"]`` holds the tissue mask on the same grid (1 = tissue).
+    ``sdata.labels["{image_key}_{model}_tissue"]`` holds the tissue mask on the same grid (1 = tissue), and
+    ``sdata.attrs["histex"]["features"][key]`` the settings that identify the features for reuse.
     """
     start = time.perf_counter()
-    encoder = get_encoder(model)
+    plan = plan_encoder(model, weights=weights, patch_size=patch_size, tile_size=tile_size)
     if mpp is None:
         section = _sdata.read_section(sdata, image_key=image_key, spots_key=spots_key, table_key=table_key)
         image_key, mpp = section.image_key, section.mpp
@@ -124,28 +155,166 @@ def extract_features(
     else:
         image_key = _sdata.find_image_key(sdata, image_key)
         mpp = _sdata.check_mpp(mpp)
-    image_el = _sdata.image_array(sdata, image_key)
-    shape_yx = (image_el.sizes["y"], image_el.sizes["x"])
+    image_element = sdata.images[image_key]
+    source = image_source(image_element, mpp)
+    torch_device = resolve_device(device)
+    resolve_precision(precision, torch_device)
+    shape_yx = source.shape_yx
     grid = geometry.BinGrid.for_image(shape_yx, mpp=mpp, bin_size_um=bin_size_um)
     if grid.n_rows < 1 or grid.n_cols < 1:
         raise ValueError(f"The image ({shape_yx[1]} x {shape_yx[0]} px) is smaller than one {bin_size_um} µm bin.")
-    image = rgb_uint8(image_el)
-    logger.info("Bin grid: %d x %d bins of %g µm (%.2f px).", grid.n_rows, grid.n_cols, bin_size_um, grid.bin_px)
+    tile_bins = plan.tile_size // plan.patch_size
+    tiling_shifts(n_shifts, tile_bins)
+    key = key_added or features_key(image_key, plan.name)
+    mask_key = tissue_key(key)
+    working_mpp = bin_size_um / plan.patch_size
+    settings = {
+        "image": image_key,
+        "image_shape": [int(s) for s in shape_yx],
+        "model": plan.name,
+        "weights_digest": plan.digest,
+        "mpp": round(float(mpp), 9),
+        "working_mpp": round(float(working_mpp), 9),
+        "bin_size_um": float(bin_size_um),
+        "n_shifts": int(n_shifts),
+        "patch_size": int(plan.patch_size),
+        "tile_size": int(plan.tile_size),
+    }
+    if not overwrite and _cached(sdata, key, mask_key, settings, grid):
+        logger.info(
+            "Reusing the features %r (same image, model, weights, mpp and tiling); overwrite=True recomputes.", key
+        )
+        return key
+    if plan.digest is None:
+        logger.info("The model has no weights digest; its features cannot be reused and are computed now.")
 
-    feats = encode_image(
-        image, grid, encoder, mpp=mpp, bin_size_um=bin_size_um, batch_size=batch_size, show_progress=show_progress
-    )
-    rgb = geometry.bin_means(image, grid) / 255.0
-    mask = tissue_mask(rgb)
-    logger.info("Tissue: %d of %d bins.", int(mask.sum()), mask.size)
-    data = np.concatenate([feats, rgb.astype(np.float32)], axis=0)
+    encoder = plan.build().to(torch_device, precision=precision, compile=compile)
     names = list(encoder.feature_names) + RGB_CHANNELS
-
-    key = key_added or features_key(image_key, encoder.name)
-    transformations = grid_transformations(sdata.images[image_key], grid)
-    _write_grid_elements(sdata, key, tissue_key(key), data, names, mask, transformations)
-    logger.info("Features %r: %d channels in %.1f s.", key, len(names), time.perf_counter() - start)
+    if batch_size is None:
+        batch_size = 256 if torch_device.type == "cuda" else 8
+    if num_workers is None:
+        num_workers = default_num_workers(torch_device)
+    logger.info(
+        "Bin grid: %d x %d bins of %g µm (%.2f px); working resolution %.4f µm/px (%d px patches), %d tiling(s).",
+        grid.n_rows, grid.n_cols, bin_size_um, grid.bin_px, working_mpp, encoder.patch_size, n_shifts,
+    )  # fmt: skip
+    if min(grid.n_rows, grid.n_cols) < tile_bins:
+        logger.info("The image is smaller than one tile; the tile is padded with white (background).")
+    transformations = grid_transformations(image_element, grid)
+    _, chunk = plan_tiling(grid, encoder, n_shifts=n_shifts, batch_size=batch_size, n_features=len(names))
+    store = _FeatureStore(sdata, key, mask_key, names, grid, transformations, chunk)
+    try:
+        stats = encode_blocks(
+            source,
+            grid,
+            encoder,
+            working_mpp=working_mpp,
+            n_shifts=n_shifts,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            sink=store.write,
+            show_progress=show_progress,
+        )
+        mask = tissue_mask(store.rgb)
+        store.finish(mask, settings)
+    except BaseException:
+        store.abort()
+        raise
+    logger.info("Tissue: %d of %d bins.", int(mask.sum()), mask.size)
+    logger.info(
+        "Features %r: %d channels, %d tiles in %.1f s (%.1f tiles/s); total %.1f s.",
+        key, len(names), stats.n_tiles, stats.seconds, stats.tiles_per_s, time.perf_counter() - start,
+    )  # fmt: skip
     return key
+
+
+def _cached(sdata, key: str, mask_key: str, settings: dict, grid: geometry.BinGrid) -> bool:
+    if settings["weights_digest"] is None or key not in sdata.images or mask_key not in sdata.labels:
+        return False
+    stored = sdata.attrs.get("histex", {}).get("features", {}).get(key)
+    return stored == settings and tuple(sdata.images[key].shape[1:]) == grid.shape
+
+
+class _FeatureStore:
+    """Where finished blocks go: a zarr array inside the SpatialData's store when it is backed, else memory.
+
+    Nothing appears in ``sdata`` before :meth:`finish` but the element being written to a backed store, which
+    :meth:`abort` removes again.
+    """
+
+    def __init__(self, sdata, key, mask_key, names, grid, transformations, chunk):
+        self.sdata, self.key, self.mask_key, self.names = sdata, key, mask_key, names
+        self.transformations = transformations
+        self.shape = (len(names), grid.n_rows, grid.n_cols)
+        self.chunks = (len(names), min(chunk, grid.n_rows), min(chunk, grid.n_cols))
+        self.rgb = np.zeros((3, grid.n_rows, grid.n_cols), dtype=np.float32)
+        self.backed = _is_backed(sdata)
+        self._on_disk = False
+        self.array = self._create_on_disk() if self.backed else np.zeros(self.shape, dtype=np.float32)
+
+    def _element(self, data):
+        import dask.array as da
+        from spatialdata.models import Image2DModel
+
+        if not isinstance(data, da.Array):
+            data = da.from_array(data, chunks=self.chunks)
+        return Image2DModel.parse(
+            data, dims=("c", "y", "x"), c_coords=self.names, transformations=dict(self.transformations)
+        )
+
+    def _drop(self, key: str, kind: str) -> None:
+        elements = getattr(self.sdata, kind)
+        if key in elements:
+            del elements[key]
+        if self.backed and f"{kind}/{key}" in self.sdata.elements_paths_on_disk():
+            self.sdata.delete_element_from_disk(key)
+
+    def _create_on_disk(self):
+        import dask.array as da
+        import zarr
+
+        self._drop(self.key, "images")
+        self._drop(self.mask_key, "labels")
+        self.sdata.images[self.key] = self._element(da.zeros(self.shape, chunks=self.chunks, dtype=np.float32))
+        self._on_disk = True
+        self.sdata.write_element(self.key)
+        group = zarr.open_group(str(Path(self.sdata.path) / "images" / self.key), mode="r+")
+        attrs = group.attrs.asdict()
+        multiscales = attrs.get("ome", attrs)["multiscales"]
+        logger.info("Writing the features into the SpatialData's store %s.", self.sdata.path)
+        return group[multiscales[0]["datasets"][0]["path"]]
+
+    def write(self, bounds, feats: np.ndarray, rgb: np.ndarray) -> None:
+        r0, r1, c0, c1 = bounds
+        self.array[:, r0:r1, c0:c1] = np.concatenate([feats, rgb.astype(np.float32)], axis=0)
+        self.rgb[:, r0:r1, c0:c1] = rgb
+
+    def finish(self, mask: np.ndarray, settings: dict) -> None:
+        import dask.array as da
+        from spatialdata.models import Labels2DModel
+
+        if not self.backed:
+            self._drop(self.key, "images")
+            self._drop(self.mask_key, "labels")
+        data = da.from_zarr(self.array) if self.backed else self.array
+        self.sdata.images[self.key] = self._element(data)
+        self.sdata.labels[self.mask_key] = Labels2DModel.parse(
+            mask.astype(np.uint8), dims=("y", "x"), transformations=dict(self.transformations)
+        )
+        self.sdata.attrs.setdefault("histex", {}).setdefault("features", {})[self.key] = settings
+        if self.backed:
+            self.sdata.write_element(self.mask_key)
+            self.sdata.write_attrs()
+
+    def abort(self) -> None:
+        if self._on_disk:
+            self._drop(self.key, "images")
+
+
+def _is_backed(sdata) -> bool:
+    """Whether ``sdata`` was written to or read from a zarr store on disk that new elements can be written to."""
+    path = getattr(sdata, "path", None)
+    return path is not None and Path(path).is_dir()
 
 
 def grid_transformations(image_element, grid: geometry.BinGrid) -> dict:
@@ -154,19 +323,6 @@ def grid_transformations(image_element, grid: geometry.BinGrid) -> dict:
 
     to_image = Scale([grid.bin_px, grid.bin_px], axes=("y", "x"))
     return {cs: Sequence([to_image, t]) for cs, t in _sdata.element_transformations(image_element).items()}
-
-
-def _write_grid_elements(sdata, key, mask_key, data, names, mask, transformations) -> None:
-    import dask.array as da
-    from spatialdata.models import Image2DModel, Labels2DModel
-
-    chunks = (data.shape[0], min(1024, data.shape[1]), min(1024, data.shape[2]))
-    features = Image2DModel.parse(
-        da.from_array(data, chunks=chunks), dims=("c", "y", "x"), c_coords=names, transformations=transformations
-    )
-    labels = Labels2DModel.parse(mask.astype(np.uint8), dims=("y", "x"), transformations=dict(transformations))
-    sdata.images[key] = features
-    sdata.labels[mask_key] = labels
 
 
 @dataclass
