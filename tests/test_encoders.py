@@ -117,7 +117,8 @@ def test_weights_of_another_architecture_name_the_keys(tmp_path):
     path = tmp_path / "resnet.bin"
     torch.save(MODELS["resnet50"].build_module().state_dict(), path)
     with pytest.raises(
-        ValueError, match=r"do not fit the uni architecture: missing keys: blocks\.0\..*\(34\); unexpected keys: bn1\..*conv1\.weight"
+        ValueError,
+        match=r"do not fit the uni architecture: missing keys: blocks\.0\..*\(34\); unexpected keys: bn1\..*conv1\.weight",
     ):
         get_encoder(small("uni"), weights=path)
     # same family, other width: the shapes are named

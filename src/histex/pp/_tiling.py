@@ -14,6 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,15 +57,25 @@ class ImageSource:
         return max(ok, key=lambda k: self.factors[k], default=0)
 
     def read(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Pixels ``[y0, y1) x [x0, x1)`` of a level as ``(y, x, 3)`` uint8; white beyond the image."""
+        """Pixels ``[y0, y1) x [x0, x1)`` of a level as ``(y, x, 3)`` uint8, the edge pixels repeated beyond the
+        image (so that resampling near the edge sees only the image; :func:`whiten_outside` blanks what lies
+        beyond), white where the window misses the image altogether."""
         arr = self.levels[level]
         h, w = arr.shape[1:]
-        out = np.full((y1 - y0, x1 - x0, 3), WHITE, dtype=np.uint8)
         cy0, cy1, cx0, cx1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
-        if cy0 < cy1 and cx0 < cx1:
-            part = np.asarray(arr[list(self.channels), cy0:cy1, cx0:cx1]).transpose(1, 2, 0)
-            out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = _to_uint8(part, self.scale)
-        return out
+        if cy0 >= cy1 or cx0 >= cx1:
+            return np.full((y1 - y0, x1 - x0, 3), WHITE, dtype=np.uint8)
+        part = _to_uint8(np.asarray(arr[list(self.channels), cy0:cy1, cx0:cx1]).transpose(1, 2, 0), self.scale)
+        pad = ((cy0 - y0, y1 - cy1), (cx0 - x0, x1 - cx1), (0, 0))
+        return np.pad(part, pad, mode="edge") if any(a or b for a, b in pad) else part
+
+
+def whiten_outside(working: np.ndarray, origin_yx: tuple[int, int], f: float, shape_yx: tuple[int, int]) -> None:
+    """Set to white the working pixels whose centres lie beyond a source image of ``shape_yx`` pixels."""
+    ys = (np.arange(working.shape[0]) + origin_yx[0] + 0.5) * f
+    xs = (np.arange(working.shape[1]) + origin_yx[1] + 0.5) * f
+    working[(ys < 0) | (ys >= shape_yx[0])] = WHITE
+    working[:, (xs < 0) | (xs >= shape_yx[1])] = WHITE
 
 
 def _to_uint8(part: np.ndarray, scale: float) -> np.ndarray:
@@ -202,6 +213,7 @@ class BlockTiles(torch.utils.data.Dataset):
         sx0, sx1 = source_span(wx0, wx1, self.f)
         window = self.source.read(self.level, sy0, sy1, sx0, sx1)
         working = resample_window(window, (sy0, sx0), self.f, (wy0, wx0), (wy1 - wy0, wx1 - wx0))
+        whiten_outside(working, (wy0, wx0), self.f, self.source.levels[self.level].shape[1:])
         size = t * p + 2 * m
         tiles = np.stack([working[r * p - m - wy0 :][:size, c * p - m - wx0 :][:, :size] for r, c in starts])
         r0, r1, c0, c1 = block
@@ -293,10 +305,15 @@ def encode_blocks(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    writer = ThreadPoolExecutor(max_workers=1)  # writing (compressing) a block overlaps with encoding the next
+    pending: list[Future] = []
+
     def finish(index: int) -> None:
         block = blocks.pop(index)
         feats = (block.sums / len(tiling.shifts)).cpu().numpy()
-        sink(block.bounds, feats, block.rgb)
+        pending.append(writer.submit(sink, block.bounds, feats, block.rgb))
+        while len(pending) > 2:  # at most two finished blocks wait in memory
+            pending.pop(0).result()
 
     def run(n: int) -> None:
         nonlocal queue_tiles, queue_where
@@ -316,19 +333,24 @@ def encode_blocks(
         progress.update(len(where))
 
     start = time.perf_counter()
-    with tqdm(total=n_total, desc=f"features ({encoder.name})", unit="tile", disable=not show_progress) as progress:
+    with (
+        writer,
+        tqdm(total=n_total, desc=f"features ({encoder.name})", unit="tile", disable=not show_progress) as progress,
+    ):
         for item in loader:
             index = int(item["index"])
             r0, r1, c0, c1 = bounds = dataset.blocks[index]
             sums = torch.zeros((n_features, r1 - r0, c1 - c0), dtype=torch.float32, device=device)
             blocks[index] = _Block(bounds, len(item["tiles"]), sums, item["rgb"].numpy())
             starts = tiling.tiles(bounds)
-            queue_tiles.append(item["tiles"])
+            queue_tiles.append(item["tiles"].to(device, non_blocking=True))  # from pinned memory, asynchronously
             queue_where.extend((index, r, c) for r, c in starts)
             while len(queue_where) >= stats.batch_size:
                 run(stats.batch_size)
         while queue_where:
             run(min(stats.batch_size, len(queue_where)))
+        for future in pending:
+            future.result()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         stats.peak_gpu_bytes = int(torch.cuda.max_memory_allocated(device))
