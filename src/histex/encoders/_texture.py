@@ -56,7 +56,11 @@ class TextureEncoder(Encoder):
         return f"{self.name}-v1"  # no weights: the algorithm's version identifies the features
 
     def encode(self, tiles: torch.Tensor) -> torch.Tensor:
-        tiles = np.asarray(tiles.cpu(), dtype=np.float32) / 255.0
+        # one tile at a time: the per-pixel maps of a whole batch would take ~20 MB per tile for no speed
+        return torch.from_numpy(np.concatenate([self._encode(t[None]) for t in np.asarray(tiles.cpu())]))
+
+    def _encode(self, tiles: np.ndarray) -> np.ndarray:
+        tiles = tiles.astype(np.float32) / 255.0
         od = -np.log10((tiles * 255.0 + 1.0) / 256.0)  # (b, 3, h, w)
         conc = np.einsum("bchw,cs->bshw", od, _UNMIX)
         grey = tiles.mean(axis=1)
@@ -83,4 +87,4 @@ class TextureEncoder(Encoder):
         out = np.concatenate([mean, std, nuclear, *context], axis=1)
         m = self.margin // p
         core = out[:, :, m : out.shape[2] - m, m : out.shape[3] - m]
-        return torch.from_numpy(np.ascontiguousarray(core, dtype=np.float32))
+        return np.ascontiguousarray(core, dtype=np.float32)

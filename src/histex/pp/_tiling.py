@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -178,6 +179,8 @@ def plan_tiling(grid: geometry.BinGrid, encoder: Encoder, *, n_shifts: int, batc
     t = encoder.tile_size // encoder.patch_size
     shifts = tiling_shifts(n_shifts, t)
     per_side = math.ceil(math.sqrt(2 * batch_size / n_shifts))
+    # a shifted tiling covers a block of k x k tiles with up to (k + 1) x (k + 1): larger blocks waste less
+    per_side = max(per_side, 2 if n_shifts == 1 else 8)
     by_memory = max(1, math.isqrt(_BLOCK_BYTES // (4 * n_features)) // t)
     k = int(np.clip(per_side, 2, max(2, by_memory)))
     chunk_tiles = max(
@@ -225,6 +228,24 @@ class BlockTiles(torch.utils.data.Dataset):
             "tiles": torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))),
             "rgb": torch.from_numpy(rgb / 255.0),
         }
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed by numpy back to the system (glibc keeps it, fragmented, and the process's resident size
+    would creep up with the number of blocks, i.e. with the slide's area)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim if sys.platform.startswith("linux") else False
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def _worker_init(_):
@@ -308,10 +329,14 @@ def encode_blocks(
     writer = ThreadPoolExecutor(max_workers=1)  # writing (compressing) a block overlaps with encoding the next
     pending: list[Future] = []
 
+    def write(bounds, feats, rgb) -> None:
+        sink(bounds, feats, rgb)
+        _release_freed_memory()
+
     def finish(index: int) -> None:
         block = blocks.pop(index)
         feats = (block.sums / len(tiling.shifts)).cpu().numpy()
-        pending.append(writer.submit(sink, block.bounds, feats, block.rgb))
+        pending.append(writer.submit(write, block.bounds, feats, block.rgb))
         while len(pending) > 2:  # at most two finished blocks wait in memory
             pending.pop(0).result()
 
