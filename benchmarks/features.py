@@ -85,12 +85,12 @@ def model_argument(name: str, random_weights: bool):
     return name
 
 
-def extract(args, sdata) -> dict:
+def extract(args, sdata, model=None) -> dict:
     import torch
 
     import histex as hx
 
-    model = model_argument(args.model, args.random_weights)
+    model = model_argument(args.model, args.random_weights) if model is None else model
     start = time.perf_counter()
     key = hx.pp.extract_features(
         sdata,
@@ -106,9 +106,8 @@ def extract(args, sdata) -> dict:
     )
     seconds = time.perf_counter() - start
     settings = sdata.attrs["histex"]["features"][key]
+    n_tiles = sdata.attrs["histex"]["feature_runs"][key]["n_tiles"]  # every tile encoded, of every tiling
     rows, cols = sdata.images[key].shape[1:]
-    tile_bins = settings["tile_size"] // settings["patch_size"]
-    n_tiles = math.ceil(rows / tile_bins) * math.ceil(cols / tile_bins) * args.n_shifts  # plus block overlap
     out = {
         "model": settings["model"],
         "device": args.device or "auto",
@@ -158,7 +157,7 @@ def run_artefact(args) -> list[dict]:
     rows = []
     for n_shifts in args.artefact:
         args.n_shifts = n_shifts
-        result = extract(args, sdata)
+        result = extract(args, sdata, model)
         key = next(k for k in sdata.images if k.endswith("_features"))
         settings = sdata.attrs["histex"]["features"][key]
         period = settings["tile_size"] // settings["patch_size"]

@@ -170,6 +170,9 @@ def test_features_of_a_backed_sdata_go_into_its_store(tmp_path, caplog):
 def test_second_call_reuses_and_overwrite_recomputes(monkeypatch, caplog):
     sdata = image_sdata(stationary_texture(500))
     key = hx.pp.extract_features(sdata, mpp=0.5, show_progress=False)
+    run = sdata.attrs["histex"]["feature_runs"][key]
+    assert run["n_tiles"] == 4 and run["n_bins"] == 31 * 31  # 31 x 31 bins in 2 x 2 tiles of 16 x 16 bins
+    assert run["device"] == "cpu" and run["tiles_per_s"] > 0
     calls = []
     real = hx.pp._features.encode_blocks
 
@@ -300,3 +303,24 @@ def test_extraction_on_cuda_matches_cpu():
     a, b = np.asarray(sdata.images[cpu].data), np.asarray(sdata.images[gpu].data)
     assert a.shape == b.shape
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+
+
+def test_blocks_survive_pickling_for_spawned_workers(tmp_path):
+    """macOS and Windows start DataLoader workers by spawning: the dataset travels pickled, with its lazy image."""
+    import pickle
+
+    from histex.pp._image import image_source
+    from histex.pp._tiling import BlockTiles, plan_tiling
+
+    path = tmp_path / "s.zarr"
+    image_sdata(stationary_texture(600)).write(path)
+    element = sd.read_zarr(path).images["he"]
+    source = image_source(element, 0.5)
+    grid = geometry.BinGrid.for_image(source.shape_yx, mpp=0.5, bin_size_um=8)
+    encoder = hx.encoders.TextureEncoder()
+    tiling, _ = plan_tiling(grid, encoder, n_shifts=1, batch_size=8, n_features=28)
+    dataset = BlockTiles(source, grid, tiling, 16, 0.5)
+    clone = pickle.loads(pickle.dumps(dataset))
+    a, b = dataset[len(dataset) - 1], clone[len(dataset) - 1]
+    assert torch.equal(a["tiles"], b["tiles"]) and torch.equal(a["rgb"], b["rgb"])
+    assert a["tiles"].shape[1:] == (3, 256 + 2 * 64, 256 + 2 * 64)

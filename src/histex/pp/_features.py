@@ -144,7 +144,8 @@ def extract_features(
     the encoder's channels plus the mean colour of each bin (``mean_r``, ``mean_g``, ``mean_b``), placed on the
     image by a ``Scale`` of one bin in image pixels composed with the image's own transformations.
     ``sdata.labels["{image_key}_{model}_tissue"]`` holds the tissue mask on the same grid (1 = tissue), and
-    ``sdata.attrs["histex"]["features"][key]`` the settings that identify the features for reuse.
+    ``sdata.attrs["histex"]["features"][key]`` the settings that identify the features for reuse, and
+    ``sdata.attrs["histex"]["feature_runs"][key]`` how they were computed (device, batch size, tiles, seconds).
     """
     start = time.perf_counter()
     plan = plan_encoder(model, weights=weights, patch_size=patch_size, tile_size=tile_size)
@@ -216,7 +217,19 @@ def extract_features(
             show_progress=show_progress,
         )
         mask = tissue_mask(store.rgb)
-        store.finish(mask, settings)
+        run = {
+            "device": str(torch_device),
+            "precision": precision,
+            "batch_size": stats.batch_size,
+            "oom_backoffs": stats.oom_backoffs,
+            "num_workers": num_workers,
+            "n_tiles": stats.n_tiles,
+            "n_bins": stats.n_bins,
+            "encode_seconds": round(stats.seconds, 3),
+            "tiles_per_s": round(stats.tiles_per_s, 3),
+            "peak_gpu_bytes": stats.peak_gpu_bytes,
+        }
+        store.finish(mask, settings, run)
     except BaseException:
         store.abort()
         raise
@@ -289,7 +302,7 @@ class _FeatureStore:
         self.array[:, r0:r1, c0:c1] = np.concatenate([feats, rgb.astype(np.float32)], axis=0)
         self.rgb[:, r0:r1, c0:c1] = rgb
 
-    def finish(self, mask: np.ndarray, settings: dict) -> None:
+    def finish(self, mask: np.ndarray, settings: dict, run: dict) -> None:
         import dask.array as da
         from spatialdata.models import Labels2DModel
 
@@ -301,7 +314,9 @@ class _FeatureStore:
         self.sdata.labels[self.mask_key] = Labels2DModel.parse(
             mask.astype(np.uint8), dims=("y", "x"), transformations=dict(self.transformations)
         )
-        self.sdata.attrs.setdefault("histex", {}).setdefault("features", {})[self.key] = settings
+        histex_attrs = self.sdata.attrs.setdefault("histex", {})
+        histex_attrs.setdefault("features", {})[self.key] = settings
+        histex_attrs.setdefault("feature_runs", {})[self.key] = run
         if self.backed:
             self.sdata.write_element(self.mask_key)
             self.sdata.write_attrs()
