@@ -11,13 +11,14 @@ from histex.encoders import MODELS, TorchEncoder, get_encoder
 from histex.encoders._weights import file_digest
 
 # Published values (model cards and official code), checked independently of the registry's own table.
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 PUBLISHED = {
-    # name: (patch, tokens per 224 px tile incl. prefix, prefix tokens, dim, mean)
-    "uni": (16, 197, 1, 1024, (0.485, 0.456, 0.406)),
-    "uni2-h": (14, 265, 9, 1536, (0.485, 0.456, 0.406)),
-    "h-optimus-0": (14, 261, 5, 1536, (0.707223, 0.578729, 0.703617)),
-    "virchow2": (14, 261, 5, 1280, (0.485, 0.456, 0.406)),
-    "gigapath": (16, 197, 1, 1536, (0.485, 0.456, 0.406)),
+    # name: (patch, tokens per 224 px tile incl. prefix, prefix tokens, dim, (mean, std), parameters in millions)
+    "uni": (16, 197, 1, 1024, IMAGENET, 303.4),
+    "uni2-h": (14, 265, 9, 1536, IMAGENET, 681.4),
+    "h-optimus-0": (14, 261, 5, 1536, ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)), 1134.8),
+    "virchow2": (14, 261, 5, 1280, IMAGENET, 631.2),
+    "gigapath": (16, 197, 1, 1536, IMAGENET, 1135.0),
 }
 
 
@@ -46,10 +47,13 @@ def test_registry_lists_every_model():
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_vit_entries_match_the_published_architecture(name):
-    patch, n_tokens, n_prefix, dim, mean = PUBLISHED[name]
+    patch, n_tokens, n_prefix, dim, (mean, std), millions = PUBLISHED[name]
     spec = MODELS[name]
     assert (spec.patch_size, spec.n_prefix_tokens, spec.feature_dim, spec.tile_size) == (patch, n_prefix, dim, 224)
-    assert np.allclose(spec.mean, mean)
+    assert np.allclose(spec.mean, mean) and np.allclose(spec.std, std)
+    # the full architecture, built without memory on the meta device, has the published size
+    full = spec.build_module(meta=True)
+    assert sum(p.numel() for p in full.parameters()) / 1e6 == pytest.approx(millions, abs=0.1)
     module = small(name).build_module()
     assert module.num_prefix_tokens == n_prefix
     assert module.embed_dim == dim
@@ -233,6 +237,19 @@ def test_user_modules_and_callables_plug_in():
     wrong = get_encoder(module, patch_size=8, tile_size=64)
     with pytest.raises(ValueError, match="expected 64 patch tokens of 8 px"):
         wrong.encode(tiles)
+
+
+def test_a_user_cnn_with_batch_norm_gets_a_digest():
+    """Batch norm keeps a 0-d counter among its buffers; the digest covers it, and changes with the weights."""
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 16, stride=16), torch.nn.BatchNorm2d(4))
+    encoder = get_encoder(cnn, patch_size=16, tile_size=64)
+    first = encoder.digest
+    assert first == get_encoder(cnn, patch_size=16, tile_size=64).digest
+    with torch.no_grad():
+        cnn[0].weight.add_(1.0)  # trained in place: the features must not be reused
+    assert encoder.digest != first
+    assert encoder.encode(random_tiles(encoder, n=2)).shape == (2, 4, 4, 4)
 
 
 def test_bfloat16_autocast_on_cpu_matches_float32():

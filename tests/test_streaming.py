@@ -167,6 +167,34 @@ def test_features_of_a_backed_sdata_go_into_its_store(tmp_path, caplog):
     assert "Reusing the features" in caplog.text
 
 
+def test_overwriting_backed_features_keeps_the_old_ones_until_the_new_are_done(tmp_path, monkeypatch):
+    path = tmp_path / "section.zarr"
+    image_sdata(stationary_texture(600)).write(path)
+    sdata = sd.read_zarr(path)
+    key = hx.pp.extract_features(sdata, mpp=0.5, show_progress=False)
+    old = np.asarray(sdata.images[key].data).copy()
+    before = fingerprint(sdata)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the encoder failed half way")
+
+    monkeypatch.setattr(hx.pp._features, "encode_blocks", broken)
+    with pytest.raises(RuntimeError, match="half way"):
+        hx.pp.extract_features(sdata, mpp=0.5, n_shifts=4, show_progress=False)
+    assert fingerprint(sdata) == before
+    assert np.array_equal(np.asarray(sdata.images[key].data), old)
+    reread = sd.read_zarr(path)  # on disk too: the old features, their mask and settings, and no staging left
+    assert sorted(reread.images) == ["he", key] and np.array_equal(np.asarray(reread.images[key].data), old)
+    assert reread.attrs["histex"]["features"][key]["n_shifts"] == 1
+    monkeypatch.undo()
+    hx.pp.extract_features(sdata, mpp=0.5, n_shifts=4, show_progress=False)  # replaces them, on disk as well
+    reread = sd.read_zarr(path)
+    assert sorted(reread.images) == ["he", key] and sorted(reread.labels) == ["he_texture_tissue"]
+    assert reread.attrs["histex"]["features"][key]["n_shifts"] == 4
+    assert np.allclose(np.asarray(reread.images[key].data), np.asarray(sdata.images[key].data))
+    assert "zarr" in str(sdata.images[key].data.dask) and f"images/{key}" in sdata.elements_paths_on_disk()
+
+
 def test_second_call_reuses_and_overwrite_recomputes(monkeypatch, caplog):
     sdata = image_sdata(stationary_texture(500))
     key = hx.pp.extract_features(sdata, mpp=0.5, show_progress=False)
@@ -177,7 +205,7 @@ def test_second_call_reuses_and_overwrite_recomputes(monkeypatch, caplog):
     real = hx.pp._features.encode_blocks
 
     def counting(*args, **kwargs):
-        calls.append(kwargs.get("n_shifts"))
+        calls.append(len(kwargs["tiling"].shifts))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(hx.pp._features, "encode_blocks", counting)
@@ -266,6 +294,20 @@ def test_bad_images_and_devices_leave_the_sdata_unchanged(tmp_path):
     assert fingerprint(sdata) == before and "histex" not in sdata.attrs
 
 
+def test_output_keys_never_replace_foreign_elements():
+    sdata = image_sdata(stationary_texture(200))
+    sdata.images["other"] = Image2DModel.parse(np.zeros((3, 10, 10), np.uint8), dims=("c", "y", "x"))
+    before = fingerprint(sdata)
+    with pytest.raises(ValueError, match="would replace the input image"):
+        hx.pp.extract_features(sdata, image_key="he", mpp=0.5, key_added="he", show_progress=False)
+    with pytest.raises(ValueError, match="was not written by extract_features"):
+        hx.pp.extract_features(sdata, image_key="he", mpp=0.5, key_added="other", show_progress=False)
+    assert fingerprint(sdata) == before
+    key = hx.pp.extract_features(sdata, image_key="he", mpp=0.5, key_added="other", overwrite=True,
+                                 show_progress=False)  # fmt: skip
+    assert sdata.images[key].shape[0] == 28
+
+
 def test_an_image_smaller_than_one_tile_is_padded(caplog):
     image = stationary_texture(100)  # 50 µm: 6 x 6 bins, less than one 14 x 14-bin tile
     sdata = image_sdata(image, pyramid=False)
@@ -324,3 +366,20 @@ def test_blocks_survive_pickling_for_spawned_workers(tmp_path):
     a, b = dataset[len(dataset) - 1], clone[len(dataset) - 1]
     assert torch.equal(a["tiles"], b["tiles"]) and torch.equal(a["rgb"], b["rgb"])
     assert a["tiles"].shape[1:] == (3, 256 + 2 * 64, 256 + 2 * 64)
+
+
+def test_pyramid_levels_are_used_by_their_transformations():
+    from histex.pp._image import image_source
+
+    rgb = stationary_texture(600)
+    element = Image2DModel.parse(np.moveaxis(rgb, -1, 0), dims=("c", "y", "x"), scale_factors=[2, 3])
+    source = image_source(element, 0.25)
+    assert source.factors == [1, 2, 6]
+    assert source.level_for(0.5) == 1 and source.level_for(0.4) == 0 and source.level_for(2.0) == 2
+    # reading through the 0.5 µm/px level gives the features of the full-resolution image, within rounding
+    single = image_sdata(rgb, pyramid=False)
+    pyramid = sd.SpatialData(images={"he": element})
+    a = hx.pp.extract_features(single, mpp=0.25, show_progress=False)
+    b = hx.pp.extract_features(pyramid, mpp=0.25, show_progress=False)
+    x, y = np.asarray(single.images[a].data), np.asarray(pyramid.images[b].data)
+    assert np.corrcoef(x.ravel(), y.ravel())[0, 1] > 0.999

@@ -36,7 +36,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 def is_out_of_memory(error: BaseException) -> bool:
     """Whether an exception is the accelerator running out of memory."""
-    if isinstance(error, torch.OutOfMemoryError):
+    if isinstance(error, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
         return True
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 

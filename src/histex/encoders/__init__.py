@@ -41,6 +41,7 @@ class EncoderPlan:
     digest: str | None
     patch_size: int
     tile_size: int
+    margin: int
     build: Callable[[], Encoder]
 
 
@@ -54,12 +55,14 @@ def plan_encoder(
     """Resolve ``model`` to a name, a weights digest and a way to build it (see :func:`get_encoder`)."""
     if isinstance(model, Encoder):
         _no_weights(weights, model.name)
-        return EncoderPlan(model.name, model.digest, model.patch_size, model.tile_size, lambda: model)
+        return EncoderPlan(model.name, model.digest, model.patch_size, model.tile_size, model.margin, lambda: model)
     if isinstance(model, str) and model == TextureEncoder.name:
         _no_weights(weights, model)
         kwargs = {k: v for k, v in {"patch_size": patch_size, "tile_size": tile_size}.items() if v is not None}
         encoder = TextureEncoder(**kwargs)
-        return EncoderPlan(encoder.name, encoder.digest, encoder.patch_size, encoder.tile_size, lambda: encoder)
+        return EncoderPlan(
+            encoder.name, encoder.digest, encoder.patch_size, encoder.tile_size, encoder.margin, lambda: encoder
+        )
     if isinstance(model, str) and model not in MODELS:
         raise ValueError(f"Unknown model {model!r}; available models: {', '.join(available_models())}.")
     if isinstance(model, (str, FoundationModel)):
@@ -71,14 +74,16 @@ def plan_encoder(
         path = spec.weights_file(weights)
         digest = file_digest(path)
         return EncoderPlan(
-            spec.name, digest, spec.patch_size, spec.tile_size, lambda: spec.encoder(path, digest=digest)
+            spec.name, digest, spec.patch_size, spec.tile_size, spec.margin, lambda: spec.encoder(path, digest=digest)
         )
     if callable(model):
         _no_weights(weights, "a torch module")
         if patch_size is None:
             raise ValueError("A torch module or callable as model needs its patch_size (input pixels per token).")
         encoder = TorchEncoder(model, patch_size=patch_size, tile_size=tile_size or 224)
-        return EncoderPlan(encoder.name, encoder.digest, encoder.patch_size, encoder.tile_size, lambda: encoder)
+        return EncoderPlan(
+            encoder.name, encoder.digest, encoder.patch_size, encoder.tile_size, encoder.margin, lambda: encoder
+        )
     raise TypeError(
         f"model must be a registry name, an Encoder, a torch module or a callable, not {type(model).__name__}."
     )

@@ -124,11 +124,10 @@ class FoundationModel:
             module = self.build_module(meta=True)
             load_weights(module, read_state_dict(path), source=str(path), model=self.name)
             digest = digest or file_digest(path)
-        forward = None
         if self.stage is not None:
             module, forward = _FeatureMap(module, self.stage), None
         else:
-            forward = "forward_features"
+            forward = "forward_features"  # final-norm tokens: prefix tokens, then patches
         return TorchEncoder(
             module,
             patch_size=self.patch_size,

@@ -25,7 +25,7 @@ def state_dict_digest(module: torch.nn.Module) -> str:
         h.update(key.encode())
         t = tensor.detach().cpu().contiguous()
         h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -118,7 +118,7 @@ class TorchEncoder(Encoder):
     @property
     def digest(self) -> str | None:
         if self._digest is None and isinstance(self.module, torch.nn.Module):
-            self._digest = state_dict_digest(self.module)
+            return state_dict_digest(self.module)  # not remembered: a module trained in place gets a new digest
         return self._digest
 
     @property

@@ -15,6 +15,7 @@ from histex import _sdata, geometry
 from histex._device import resolve_device, resolve_precision
 from histex.encoders import DEFAULT_MODEL, Encoder, plan_encoder
 from histex.pp._image import image_source
+from histex.pp._store import FeatureStore
 from histex.pp._tiling import ImageSource, default_num_workers, encode_blocks, plan_tiling, tiling_shifts
 from histex.pp._tissue import tissue_mask
 
@@ -148,7 +149,7 @@ def extract_features(
     ``sdata.attrs["histex"]["feature_runs"][key]`` how they were computed (device, batch size, tiles, seconds).
     """
     start = time.perf_counter()
-    plan = plan_encoder(model, weights=weights, patch_size=patch_size, tile_size=tile_size)
+    # the cheap checks first: resolving the model may hash or fetch gigabytes of weights
     if mpp is None:
         section = _sdata.read_section(sdata, image_key=image_key, spots_key=spots_key, table_key=table_key)
         image_key, mpp = section.image_key, section.mpp
@@ -164,10 +165,13 @@ def extract_features(
     grid = geometry.BinGrid.for_image(shape_yx, mpp=mpp, bin_size_um=bin_size_um)
     if grid.n_rows < 1 or grid.n_cols < 1:
         raise ValueError(f"The image ({shape_yx[1]} x {shape_yx[0]} px) is smaller than one {bin_size_um} µm bin.")
+    tiling_shifts(n_shifts, n_shifts)  # a square number
+    plan = plan_encoder(model, weights=weights, patch_size=patch_size, tile_size=tile_size)
     tile_bins = plan.tile_size // plan.patch_size
     tiling_shifts(n_shifts, tile_bins)
     key = key_added or features_key(image_key, plan.name)
     mask_key = tissue_key(key)
+    _check_output_keys(sdata, key, mask_key, image_key, overwrite)
     working_mpp = bin_size_um / plan.patch_size
     settings = {
         "image": image_key,
@@ -180,6 +184,7 @@ def extract_features(
         "n_shifts": int(n_shifts),
         "patch_size": int(plan.patch_size),
         "tile_size": int(plan.tile_size),
+        "margin": int(plan.margin),
     }
     if not overwrite and _cached(sdata, key, mask_key, settings, grid):
         logger.info(
@@ -192,25 +197,25 @@ def extract_features(
     encoder = plan.build().to(torch_device, precision=precision, compile=compile)
     names = list(encoder.feature_names) + RGB_CHANNELS
     if batch_size is None:
-        batch_size = 256 if torch_device.type == "cuda" else 8
+        batch_size = 256 if encoder.device.type == "cuda" else 8
     if num_workers is None:
-        num_workers = default_num_workers(torch_device)
+        num_workers = default_num_workers(encoder.device)
     logger.info(
         "Bin grid: %d x %d bins of %g µm (%.2f px); working resolution %.4f µm/px (%d px patches), %d tiling(s).",
         grid.n_rows, grid.n_cols, bin_size_um, grid.bin_px, working_mpp, encoder.patch_size, n_shifts,
     )  # fmt: skip
     if min(grid.n_rows, grid.n_cols) < tile_bins:
         logger.info("The image is smaller than one tile; the tile is padded with white (background).")
-    transformations = grid_transformations(image_element, grid)
-    _, chunk = plan_tiling(grid, encoder, n_shifts=n_shifts, batch_size=batch_size, n_features=len(names))
-    store = _FeatureStore(sdata, key, mask_key, names, grid, transformations, chunk)
+    tiling, chunk = plan_tiling(grid, encoder, n_shifts=n_shifts, batch_size=batch_size, n_features=len(names))
+    store = FeatureStore(sdata, key, mask_key, names, grid.shape, grid_transformations(image_element, grid), chunk)
     try:
+        store.open()
         stats = encode_blocks(
             source,
             grid,
             encoder,
             working_mpp=working_mpp,
-            n_shifts=n_shifts,
+            tiling=tiling,
             batch_size=batch_size,
             num_workers=num_workers,
             sink=store.write,
@@ -218,7 +223,7 @@ def extract_features(
         )
         mask = tissue_mask(store.rgb)
         run = {
-            "device": str(torch_device),
+            "device": str(encoder.device),
             "precision": precision,
             "batch_size": stats.batch_size,
             "oom_backoffs": stats.oom_backoffs,
@@ -229,7 +234,7 @@ def extract_features(
             "tiles_per_s": round(stats.tiles_per_s, 3),
             "peak_gpu_bytes": stats.peak_gpu_bytes,
         }
-        store.finish(mask, settings, run)
+        store.finish(mask, {"features": settings, "feature_runs": run})
     except BaseException:
         store.abort()
         raise
@@ -241,95 +246,24 @@ def extract_features(
     return key
 
 
+def _check_output_keys(sdata, key: str, mask_key: str, image_key: str, overwrite: bool) -> None:
+    """Never write over the input image, nor over elements histex did not write unless ``overwrite=True``."""
+    if key == image_key or mask_key == image_key:
+        raise ValueError(f"key_added={key!r} would replace the input image {image_key!r}; choose another key.")
+    ours = sdata.attrs.get("histex", {}).get("features", {})
+    for kind, name in (("images", key), ("labels", mask_key)):
+        if name in getattr(sdata, kind) and key not in ours and not overwrite:
+            raise ValueError(
+                f"sdata.{kind}[{name!r}] exists and was not written by extract_features; choose another key_added, "
+                "or pass overwrite=True to replace it."
+            )
+
+
 def _cached(sdata, key: str, mask_key: str, settings: dict, grid: geometry.BinGrid) -> bool:
     if settings["weights_digest"] is None or key not in sdata.images or mask_key not in sdata.labels:
         return False
     stored = sdata.attrs.get("histex", {}).get("features", {}).get(key)
     return stored == settings and tuple(sdata.images[key].shape[1:]) == grid.shape
-
-
-class _FeatureStore:
-    """Where finished blocks go: a zarr array inside the SpatialData's store when it is backed, else memory.
-
-    Nothing appears in ``sdata`` before :meth:`finish` but the element being written to a backed store, which
-    :meth:`abort` removes again.
-    """
-
-    def __init__(self, sdata, key, mask_key, names, grid, transformations, chunk):
-        self.sdata, self.key, self.mask_key, self.names = sdata, key, mask_key, names
-        self.transformations = transformations
-        self.shape = (len(names), grid.n_rows, grid.n_cols)
-        self.chunks = (len(names), min(chunk, grid.n_rows), min(chunk, grid.n_cols))
-        self.rgb = np.zeros((3, grid.n_rows, grid.n_cols), dtype=np.float32)
-        self.backed = _is_backed(sdata)
-        self._on_disk = False
-        self.array = self._create_on_disk() if self.backed else np.zeros(self.shape, dtype=np.float32)
-
-    def _element(self, data):
-        import dask.array as da
-        from spatialdata.models import Image2DModel
-
-        if not isinstance(data, da.Array):
-            data = da.from_array(data, chunks=self.chunks)
-        return Image2DModel.parse(
-            data, dims=("c", "y", "x"), c_coords=self.names, transformations=dict(self.transformations)
-        )
-
-    def _drop(self, key: str, kind: str) -> None:
-        elements = getattr(self.sdata, kind)
-        if key in elements:
-            del elements[key]
-        if self.backed and f"{kind}/{key}" in self.sdata.elements_paths_on_disk():
-            self.sdata.delete_element_from_disk(key)
-
-    def _create_on_disk(self):
-        import dask.array as da
-        import zarr
-
-        self._drop(self.key, "images")
-        self._drop(self.mask_key, "labels")
-        self.sdata.images[self.key] = self._element(da.zeros(self.shape, chunks=self.chunks, dtype=np.float32))
-        self._on_disk = True
-        self.sdata.write_element(self.key)
-        group = zarr.open_group(str(Path(self.sdata.path) / "images" / self.key), mode="r+")
-        attrs = group.attrs.asdict()
-        multiscales = attrs.get("ome", attrs)["multiscales"]
-        logger.info("Writing the features into the SpatialData's store %s.", self.sdata.path)
-        return group[multiscales[0]["datasets"][0]["path"]]
-
-    def write(self, bounds, feats: np.ndarray, rgb: np.ndarray) -> None:
-        r0, r1, c0, c1 = bounds
-        self.array[:, r0:r1, c0:c1] = np.concatenate([feats, rgb.astype(np.float32)], axis=0)
-        self.rgb[:, r0:r1, c0:c1] = rgb
-
-    def finish(self, mask: np.ndarray, settings: dict, run: dict) -> None:
-        import dask.array as da
-        from spatialdata.models import Labels2DModel
-
-        if not self.backed:
-            self._drop(self.key, "images")
-            self._drop(self.mask_key, "labels")
-        data = da.from_zarr(self.array) if self.backed else self.array
-        self.sdata.images[self.key] = self._element(data)
-        self.sdata.labels[self.mask_key] = Labels2DModel.parse(
-            mask.astype(np.uint8), dims=("y", "x"), transformations=dict(self.transformations)
-        )
-        histex_attrs = self.sdata.attrs.setdefault("histex", {})
-        histex_attrs.setdefault("features", {})[self.key] = settings
-        histex_attrs.setdefault("feature_runs", {})[self.key] = run
-        if self.backed:
-            self.sdata.write_element(self.mask_key)
-            self.sdata.write_attrs()
-
-    def abort(self) -> None:
-        if self._on_disk:
-            self._drop(self.key, "images")
-
-
-def _is_backed(sdata) -> bool:
-    """Whether ``sdata`` was written to or read from a zarr store on disk that new elements can be written to."""
-    path = getattr(sdata, "path", None)
-    return path is not None and Path(path).is_dir()
 
 
 def grid_transformations(image_element, grid: geometry.BinGrid) -> dict:

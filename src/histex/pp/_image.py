@@ -18,6 +18,29 @@ def _levels(element) -> list:
     return [element]
 
 
+def _level_factor(level, level0) -> int | None:
+    """How many level-0 pixels one pixel of a pyramid level spans, from the levels' transformations; ``None`` when
+    that is not a whole number (such a level is not used: its pixels would not tile level 0's)."""
+    from histex._sdata import element_transformations
+
+    if level is level0:
+        return 1
+    t0, t = element_transformations(level0), element_transformations(level)
+    common = sorted(t0.keys() & t.keys())
+    if not common:
+        return None
+    a0 = np.asarray(t0[common[0]].to_affine_matrix(("y", "x"), ("y", "x")))
+    a = np.asarray(t[common[0]].to_affine_matrix(("y", "x"), ("y", "x")))
+    scale = np.diag(np.linalg.solve(a0[:2, :2], a[:2, :2]))  # the level's pixel in level-0 pixels
+    d = round(float(scale[0]))
+    ok = (
+        d >= 1
+        and np.allclose(scale, d, rtol=1e-6)
+        and np.allclose(np.linalg.solve(a0[:2, :2], a[:2, 2] - a0[:2, 2]), 0)
+    )
+    return d if ok else None
+
+
 def image_source(element, mpp: float) -> ImageSource:
     """A lazy RGB source for an image element (``DataArray`` or multiscale ``DataTree``), without reading pixels
     except, for float images, the coarsest level to find their range.
@@ -41,18 +64,18 @@ def image_source(element, mpp: float) -> ImageSource:
         scale = 1.0 / 257.0
         logger.info("Converting a uint16 image to uint8 (divided by 257).")
     elif np.issubdtype(dtype, np.floating):
-        top = float(np.nanmax(np.asarray(levels[-1].isel(c=slice(0, 3)).data))) if levels[-1].size else 1.0
+        import dask.array as da
+
+        coarsest = da.asarray(levels[-1].isel(c=slice(0, 3)).data)
+        top = float(da.nanmax(coarsest).compute()) if coarsest.size else 1.0  # chunk by chunk
         scale = 255.0 if top <= 1.0 else 1.0
         logger.info("Converting a %s image to uint8 (scaled by %g).", dtype, scale)
     else:
         raise ValueError(f"Unsupported image dtype {dtype}; give an RGB uint8 image.")
-    shape0 = np.array([level0.sizes["y"], level0.sizes["x"]])
     arrays, factors = [], []
     for level in levels:
-        shape = np.array([level.sizes["y"], level.sizes["x"]])
-        d = round(float(shape0[0]) / float(shape[0]))
-        # a pyramid level is usable when it is an integer reduction of level 0 (block means, as spatialdata builds)
-        if d >= 1 and (np.abs(shape0 // d - shape) <= 1).all():
+        d = _level_factor(level, level0)
+        if d is not None:
             arrays.append(level.transpose("c", "y", "x").data)
             factors.append(d)
     return ImageSource(levels=arrays, factors=factors, mpp=float(mpp), scale=scale)

@@ -71,7 +71,7 @@ class ImageSource:
         return np.pad(part, pad, mode="edge") if any(a or b for a, b in pad) else part
 
 
-def whiten_outside(working: np.ndarray, origin_yx: tuple[int, int], f: float, shape_yx: tuple[int, int]) -> None:
+def whiten_outside(working: np.ndarray, origin_yx: tuple[int, int], f: float, shape_yx: tuple[float, float]) -> None:
     """Set to white the working pixels whose centres lie beyond a source image of ``shape_yx`` pixels."""
     ys = (np.arange(working.shape[0]) + origin_yx[0] + 0.5) * f
     xs = (np.arange(working.shape[1]) + origin_yx[1] + 0.5) * f
@@ -216,7 +216,8 @@ class BlockTiles(torch.utils.data.Dataset):
         sx0, sx1 = source_span(wx0, wx1, self.f)
         window = self.source.read(self.level, sy0, sy1, sx0, sx1)
         working = resample_window(window, (sy0, sx0), self.f, (wy0, wx0), (wy1 - wy0, wx1 - wx0))
-        whiten_outside(working, (wy0, wx0), self.f, self.source.levels[self.level].shape[1:])
+        d = self.source.factors[self.level]
+        whiten_outside(working, (wy0, wx0), self.f, tuple(n / d for n in self.source.shape_yx))
         size = t * p + 2 * m
         tiles = np.stack([working[r * p - m - wy0 :][:size, c * p - m - wx0 :][:, :size] for r, c in starts])
         r0, r1, c0, c1 = block
@@ -284,8 +285,12 @@ class EncodeStats:
 
 
 def default_num_workers(device: torch.device) -> int:
+    """Worker processes for reading and resampling: up to 8 beside a GPU, up to 2 beside a CPU encoder; none where
+    workers would be spawned (macOS, Windows), which re-imports everything and copies in-memory images into each."""
+    if torch.multiprocessing.get_start_method(allow_none=False) != "fork":
+        return 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(8, cpus - 1) if device.type == "cuda" else min(2, cpus - 1)
+    return max(0, min(8, cpus - 1) if device.type == "cuda" else min(2, cpus - 1))
 
 
 def encode_blocks(
@@ -295,6 +300,7 @@ def encode_blocks(
     *,
     working_mpp: float,
     n_shifts: int = 1,
+    tiling: Tiling | None = None,
     batch_size: int = 8,
     num_workers: int = 0,
     sink: Callable[[tuple[int, int, int, int], np.ndarray, np.ndarray], None],
@@ -303,10 +309,12 @@ def encode_blocks(
     """Encode every bin of ``grid`` and pass each finished block to ``sink(bounds, features, rgb)``.
 
     ``features`` is ``(n_features, h, w)`` float32, the token of each bin averaged over the tilings; ``rgb`` is the
-    ``(3, h, w)`` mean colour of the bin's source pixels in [0, 1].
+    ``(3, h, w)`` mean colour of the bin's source pixels in [0, 1]. ``tiling`` (from :func:`plan_tiling`, whose
+    chunk size the sink may rely on) overrides ``n_shifts``.
     """
     n_features = len(encoder.feature_names)
-    tiling, _ = plan_tiling(grid, encoder, n_shifts=n_shifts, batch_size=batch_size, n_features=n_features)
+    if tiling is None:
+        tiling, _ = plan_tiling(grid, encoder, n_shifts=n_shifts, batch_size=batch_size, n_features=n_features)
     dataset = BlockTiles(source, grid, tiling, encoder.patch_size, working_mpp)
     device = encoder.device
     loader = torch.utils.data.DataLoader(
@@ -358,24 +366,29 @@ def encode_blocks(
         progress.update(len(where))
 
     start = time.perf_counter()
-    with (
-        writer,
-        tqdm(total=n_total, desc=f"features ({encoder.name})", unit="tile", disable=not show_progress) as progress,
-    ):
-        for item in loader:
-            index = int(item["index"])
-            r0, r1, c0, c1 = bounds = dataset.blocks[index]
-            sums = torch.zeros((n_features, r1 - r0, c1 - c0), dtype=torch.float32, device=device)
-            blocks[index] = _Block(bounds, len(item["tiles"]), sums, item["rgb"].numpy())
-            starts = tiling.tiles(bounds)
-            queue_tiles.append(item["tiles"].to(device, non_blocking=True))  # from pinned memory, asynchronously
-            queue_where.extend((index, r, c) for r, c in starts)
-            while len(queue_where) >= stats.batch_size:
-                run(stats.batch_size)
-        while queue_where:
-            run(min(stats.batch_size, len(queue_where)))
-        for future in pending:
-            future.result()
+    batches = iter(loader)
+    try:
+        with (
+            writer,
+            tqdm(total=n_total, desc=f"features ({encoder.name})", unit="tile", disable=not show_progress) as progress,
+        ):
+            for item in batches:
+                index = int(item["index"])
+                r0, r1, c0, c1 = bounds = dataset.blocks[index]
+                sums = torch.zeros((n_features, r1 - r0, c1 - c0), dtype=torch.float32, device=device)
+                blocks[index] = _Block(bounds, len(item["tiles"]), sums, item["rgb"].numpy())
+                queue_tiles.append(item["tiles"].to(device, non_blocking=True))  # from pinned memory, asynchronously
+                queue_where.extend((index, r, c) for r, c in tiling.tiles(bounds))
+                while len(queue_where) >= stats.batch_size:
+                    run(stats.batch_size)
+            while queue_where:
+                run(min(stats.batch_size, len(queue_where)))
+            for future in pending:
+                future.result()
+    finally:  # on error too: stop the workers and free the device memory now, not when the traceback goes
+        del batches
+        blocks.clear()
+        queue_tiles.clear()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         stats.peak_gpu_bytes = int(torch.cuda.max_memory_allocated(device))
