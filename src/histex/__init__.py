@@ -10,7 +10,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0"
 
-_SUBMODULES = ("datasets", "pp", "tl", "pl", "metrics", "baselines", "geometry", "encoders", "model", "nn")
+_SUBMODULES = ("datasets", "pp", "tl", "pl", "metrics", "baselines", "geometry", "encoders", "model", "nn", "sim")
 
 __all__ = [
     "__version__",
@@ -23,6 +23,7 @@ __all__ = [
     "nn",
     "pl",
     "pp",
+    "sim",
     "tl",
 ]
 

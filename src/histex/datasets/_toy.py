@@ -16,15 +16,8 @@ import pandas as pd
 from scipy import ndimage, sparse
 
 from histex._sdata import bin_elements
-from histex.geometry import (
-    VISIUM_PITCH_UM,
-    VISIUM_SPOT_DIAMETER_UM,
-    BinGrid,
-    disk_masks,
-    hex_lattice,
-    window_offsets,
-    window_size,
-)
+from histex.geometry import VISIUM_PITCH_UM, VISIUM_SPOT_DIAMETER_UM, BinGrid, hex_lattice
+from histex.sim._pseudo import sum_into_spots
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -268,7 +261,9 @@ def toy(
     spot_xy_px, array_rc = _spots(lab, grid, mpp, shape_f, h_um, w_um, lattice_offset)
     if len(spot_xy_px) == 0:
         raise ValueError(f"No spot fits in the tissue of a {h_um} x {w_um} µm section; make it larger.")
-    spot_counts = _spot_counts(spot_xy_px, grid, truth, radius_px=VISIUM_SPOT_DIAMETER_UM / 2 / mpp)
+    spot_counts = sum_into_spots(
+        spot_xy_px, grid, truth.rows, truth.cols, truth.counts, radius_px=VISIUM_SPOT_DIAMETER_UM / 2 / mpp
+    )
 
     image = _render_image(lab, nuclei, texture, mpp, shape_px, rng_noise)
     params = {
@@ -680,24 +675,6 @@ def _spots(
     ix = np.clip(xy_um[:, 0].astype(int), 0, shape_f[1] - 1)
     keep = in_bins & (lab[iy, ix] != _BG)
     return xy_px[keep], array_rc[keep]
-
-
-def _spot_counts(spot_xy_px: np.ndarray, grid: BinGrid, truth: _TruthBins, radius_px: float) -> sparse.csr_matrix:
-    """Sum of the truth counts of the bins whose centres lie in each spot's disk (the pseudo-Visium protocol)."""
-    radius_bins = radius_px / grid.bin_px
-    size = window_size(radius_bins)
-    anchor, masks = disk_masks(spot_xy_px[:, ::-1] / grid.bin_px, radius_bins, size)
-    rc = anchor[:, None, :] + window_offsets(size)[None, :, :]
-    on_grid = (rc[..., 0] >= 0) & (rc[..., 0] < grid.n_rows) & (rc[..., 1] >= 0) & (rc[..., 1] < grid.n_cols)
-    spot, slot = np.nonzero(masks & on_grid)
-    flat = rc[spot, slot, 0] * grid.n_cols + rc[spot, slot, 1]
-    # Incidence on the full dense grid; bins without tissue have no counts, so only stored bins are multiplied.
-    incidence = sparse.csr_matrix(
-        (np.ones(len(spot), dtype=np.int64), (spot, flat)), shape=(len(spot_xy_px), grid.n_rows * grid.n_cols)
-    )
-    stored = truth.rows * grid.n_cols + truth.cols
-    summed = incidence[:, stored] @ truth.counts.astype(np.int64)
-    return sparse.csr_matrix(summed.astype(np.float32))
 
 
 # --- image -----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,21 @@
+"""Simulated sections with known truth: high-resolution data summed into pseudo-Visium spots (the benchmark protocol).
+
+:func:`from_nuclei` paints expression onto real tissue architecture (an H&E image and its segmented nuclei);
+:func:`cell_bin_weights` splits cells over the bins they overlap; :func:`hex_spots` and :func:`sum_into_spots` make
+the pseudo-spots; :func:`visium_like` lays the result out as ``spatialdata_io.visium`` does, with the truth table.
+"""
+
+from histex.sim._cells import cell_bin_weights, points_to_bins
+from histex.sim._layout import visium_like
+from histex.sim._nuclei import draw_programmes, from_nuclei
+from histex.sim._pseudo import hex_spots, sum_into_spots
+
+__all__ = [
+    "cell_bin_weights",
+    "draw_programmes",
+    "from_nuclei",
+    "hex_spots",
+    "points_to_bins",
+    "sum_into_spots",
+    "visium_like",
+]

@@ -1,0 +1,122 @@
+"""A simulated section in the layout ``spatialdata_io.visium`` writes, with its ground truth on the bin grid."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from histex._sdata import bin_elements
+from histex.geometry import VISIUM_SPOT_DIAMETER_UM, BinGrid
+
+
+def visium_like(
+    *,
+    dataset_id: str,
+    image,
+    mpp: float,
+    grid: BinGrid,
+    spot_xy_px: np.ndarray,
+    array_rc: np.ndarray,
+    spot_counts,
+    var: pd.DataFrame,
+    truth_rows: np.ndarray,
+    truth_cols: np.ndarray,
+    truth_counts,
+    truth_obs: pd.DataFrame | None = None,
+    transformations: dict | None = None,
+):
+    """Wrap spots and ground-truth bins in SpatialData elements.
+
+    Parameters
+    ----------
+    dataset_id
+        Names the spots (``shapes[dataset_id]``), the image (``images[f"{dataset_id}_full_image"]``) and the
+        coordinate system when ``transformations`` is not given.
+    image
+        The H&E as an image element (kept as it is) or a ``(3, y, x)`` uint8 array (parsed with a pyramid).
+    mpp
+        Microns per image pixel.
+    grid
+        The bin grid of the truth.
+    spot_xy_px, array_rc, spot_counts
+        Spot centres ``(x, y)`` in image pixels, Visium array coordinates, and ``(n_spots, n_genes)`` counts.
+    var
+        One row per gene, indexed by gene name.
+    truth_rows, truth_cols, truth_counts
+        The ground-truth bins: grid positions and ``(n_bins, n_genes)`` counts.
+    truth_obs
+        Extra per-bin columns of the truth table (``in_tissue`` at least, or all bins count as tissue).
+    transformations
+        Of the image, the spots and the truth bins; an ``Identity`` to ``dataset_id`` by default.
+
+    Returns
+    -------
+    spatialdata.SpatialData
+        ``images[f"{dataset_id}_full_image"]``, ``shapes[dataset_id]`` (circles with ``radius``),
+        ``tables["table"]`` (spots: ``obs`` ``in_tissue``, ``array_row``, ``array_col``, ``spot_id``, ``region``;
+        ``obsm["spatial"]``; ``uns["spatial"][dataset_id]["scalefactors"]``), ``shapes["truth_bins"]`` and
+        ``tables["truth"]`` (bins: ``obs`` ``array_row``, ``array_col``, ``in_tissue``, ...; ``obsm["spatial"]``).
+    """
+    import xarray as xr
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+
+    def transforms():
+        return dict(transformations) if transformations is not None else {dataset_id: Identity()}
+
+    if isinstance(image, np.ndarray):
+        image = Image2DModel.parse(
+            xr.DataArray(image, dims=("c", "y", "x")), c_coords=["r", "g", "b"], scale_factors=[2, 2],
+            transformations=transforms(),
+        )  # fmt: skip
+
+    n_spots = len(spot_xy_px)
+    spot_id = np.arange(n_spots)
+    width = max(5, len(str(n_spots)))
+    obs = pd.DataFrame(
+        {
+            "in_tissue": np.ones(n_spots, dtype=np.int64),
+            "array_row": np.asarray(array_rc)[:, 0],
+            "array_col": np.asarray(array_rc)[:, 1],
+            "spot_id": spot_id,
+            "region": pd.Categorical([dataset_id] * n_spots),
+        },
+        index=pd.Index([f"spot_{i:0{width}d}" for i in spot_id]),
+    )
+    table = ad.AnnData(X=sp.csr_matrix(spot_counts, dtype=np.float32), obs=obs, var=var.copy())
+    table.obsm["spatial"] = np.asarray(spot_xy_px, dtype=float)
+    table.uns["spatial"] = {
+        dataset_id: {
+            "scalefactors": {
+                "spot_diameter_fullres": VISIUM_SPOT_DIAMETER_UM / mpp,
+                "microns_per_pixel": float(mpp),
+                "tissue_hires_scalef": 1.0,
+                "tissue_lowres_scalef": 1.0,
+            }
+        }
+    }
+    radius_px = VISIUM_SPOT_DIAMETER_UM / 2 / mpp
+    circles = ShapesModel.parse(
+        np.asarray(spot_xy_px, dtype=float), geometry=0, radius=radius_px, index=spot_id, transformations=transforms()
+    )
+
+    squares, bins_obs = bin_elements(grid, truth_rows, truth_cols, region="truth_bins", transformations=transforms())
+    if truth_obs is not None:
+        for column in truth_obs.columns:
+            bins_obs[column] = np.asarray(truth_obs[column])
+    if "in_tissue" not in bins_obs:
+        bins_obs["in_tissue"] = True
+    truth = ad.AnnData(X=sp.csr_matrix(truth_counts, dtype=np.float32), obs=bins_obs, var=var.copy())
+    truth.obsm["spatial"] = grid.centres_px(truth_rows, truth_cols)
+
+    return SpatialData(
+        images={f"{dataset_id}_full_image": image},
+        shapes={dataset_id: circles, "truth_bins": squares},
+        tables={
+            "table": TableModel.parse(table, region=dataset_id, region_key="region", instance_key="spot_id"),
+            "truth": TableModel.parse(truth, region="truth_bins", region_key="region", instance_key="instance_id"),
+        },
+    )
