@@ -1,4 +1,4 @@
-"""Command line: ``histex demo``."""
+"""Command line: ``histex demo`` and ``histex bench``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    bench = sub.add_parser("bench", help="every method on sections with known truth: results.csv, results.png")
+    bench.add_argument("--out", default="histex_bench", help="output folder (default: histex_bench)")
+    bench.add_argument("--datasets", nargs="+", default=["toy", "hgsc_nest"], help="toy, hgsc_nest")
+    bench.add_argument("--methods", nargs="+", default=None, help="default: all")
+    bench.add_argument("--data-dir", default=None, help="folder with hgsc_nest.jpg and hgsc_nest.parquet")
+    bench.add_argument("--genes", type=int, default=60)
+    bench.add_argument("--epochs", type=int, default=60, help="epochs of every super-resolution variant")
+    bench.add_argument("--n-states", type=int, default=3)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--device", default=None)
+    bench.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
@@ -34,6 +45,20 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             device=args.device,
             show_progress=not args.quiet,
+        )
+    elif args.command == "bench":
+        from histex._bench import METHODS, run_bench_command
+
+        run_bench_command(
+            args.out,
+            datasets=args.datasets,
+            methods=args.methods or METHODS,
+            data_dir=args.data_dir,
+            n_genes=args.genes,
+            epochs=args.epochs,
+            n_states=args.n_states,
+            seed=args.seed,
+            device=args.device,
         )
     return 0
 

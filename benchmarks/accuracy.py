@@ -1,0 +1,20 @@
+"""Accuracy of every method on sections with known 8 µm truth; the same as ``histex bench``.
+
+    python benchmarks/accuracy.py --out bench --datasets toy hgsc_nest
+
+hgsc_nest reads ../shared/data (real H&E with its segmented nuclei) unless --data-dir says otherwise.
+"""
+
+from pathlib import Path
+
+from histex.cli import main
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+if __name__ == "__main__":
+    import sys
+
+    argv = sys.argv[1:]
+    if "--data-dir" not in argv:
+        argv += ["--data-dir", str(DATA)]
+    sys.exit(main(["bench", *argv]))

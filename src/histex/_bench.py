@@ -1,0 +1,177 @@
+"""The accuracy benchmark: every method on sections with known 8 µm truth, scored per gene (``histex bench``)."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger("histex")
+
+MODEL_METHODS = ("histex", "image_only", "paper")
+BASELINE_METHODS = ("nearest", "linear", "cubic", "idw")
+METHODS = MODEL_METHODS + BASELINE_METHODS
+DATASETS = ("toy", "hgsc_nest")
+
+
+def _reset_peak_rss() -> None:
+    """Start a new peak-memory window (Linux: writing 5 to clear_refs resets the high-water mark)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_dataset(
+    name: str, *, data_dir: Path | None = None, n_genes: int = 60, seed: int = 0, toy_size_um: float = 1600
+):
+    """A benchmark section with its truth: ``"toy"`` (built in) or ``"hgsc_nest"`` (real H&E and nuclei)."""
+    import histex as hx
+
+    if name == "toy":
+        return hx.datasets.toy(size_um=toy_size_um, n_genes=n_genes, seed=seed)
+    if name == "hgsc_nest":
+        import geopandas as gpd
+        from PIL import Image
+
+        if data_dir is None or not (data_dir / "hgsc_nest.jpg").is_file():
+            raise FileNotFoundError(f"hgsc_nest needs hgsc_nest.jpg and hgsc_nest.parquet in data_dir={data_dir}.")
+        image = np.asarray(Image.open(data_dir / "hgsc_nest.jpg").convert("RGB"))
+        nuclei = gpd.read_parquet(data_dir / "hgsc_nest.parquet")
+        return hx.sim.from_nuclei(image, nuclei, mpp=0.5, n_genes=n_genes, seed=seed)
+    raise ValueError(f"Unknown dataset {name!r}; available: {', '.join(DATASETS)}.")
+
+
+def run_benchmark(
+    datasets: Sequence[str] = DATASETS,
+    methods: Sequence[str] = METHODS,
+    *,
+    data_dir: str | Path | None = None,
+    n_genes: int = 60,
+    epochs: int | None = 60,
+    n_states: int = 3,
+    seed: int = 0,
+    device: str | None = None,
+    toy_size_um: float = 1600,
+    show_progress: bool = False,
+    echo: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Score every method on every dataset against the truth, per gene over in-tissue bins.
+
+    Parameters
+    ----------
+    datasets
+        Names for :func:`load_dataset`.
+    methods
+        ``"histex"``, ``"image_only"``, ``"paper"`` (super-resolution variants) and ``"nearest"``, ``"linear"``,
+        ``"cubic"``, ``"idw"`` (spots placed on the bins without learning, :mod:`histex.baselines`).
+    data_dir
+        Folder with the real data (``hgsc_nest.jpg``, ``hgsc_nest.parquet``).
+    epochs
+        Epochs of every super-resolution variant (``None``: each variant's default; the paper's is 500).
+    n_states, seed, device
+        Passed to :func:`histex.tl.super_resolve`.
+    toy_size_um
+        Edge of the toy section.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per dataset and method: ``pearson``, ``ssim``, ``rmse`` (means over genes), ``seconds``,
+        ``peak_rss_mb`` (of that method's step, where the system can tell).
+    """
+    import histex as hx
+
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"Unknown methods {unknown}; available: {', '.join(METHODS)}.")
+    data_dir = Path(data_dir) if data_dir is not None else None
+    rows = []
+    for name in datasets:
+        sdata = load_dataset(name, data_dir=data_dir, n_genes=n_genes, seed=seed, toy_size_um=toy_size_um)
+        truth = sdata.tables["truth"]
+        hx.pp.extract_features(sdata, show_progress=show_progress)
+        reference = None
+        for method in methods:
+            _reset_peak_rss()
+            start = time.perf_counter()
+            if method in MODEL_METHODS:
+                hx.tl.super_resolve(
+                    sdata, variant=method, key_added=method, epochs=epochs, n_states=n_states, seed=seed,
+                    device=device, n_top_genes=n_genes, show_progress=show_progress,
+                )  # fmt: skip
+                prediction = sdata.tables[method]
+                reference = reference or method
+            else:
+                if reference is None:  # the baselines use the bins and genes of a super-resolution table
+                    hx.tl.super_resolve(sdata, key_added="grid", epochs=1, n_states=1, n_top_genes=n_genes,
+                                        show_progress=False)  # fmt: skip
+                    reference = "grid"
+                prediction = hx.baselines.spots_on_bins(sdata, reference, method=method)
+            seconds = time.perf_counter() - start
+            summary = hx.metrics.summarise(hx.metrics.score(prediction, truth))
+            row = {"dataset": name, "method": method, **summary, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
+            rows.append(row)
+            echo(f"{name:10s} {method:11s} pearson {row['pearson']:.4f}  ssim {row['ssim']:.4f}  "
+                 f"rmse {row['rmse']:.4f}  {seconds:7.1f} s")  # fmt: skip
+    return pd.DataFrame(rows, columns=["dataset", "method", "pearson", "ssim", "rmse", "seconds", "peak_rss_mb"])
+
+
+def plot_results(results: pd.DataFrame, path: str | Path) -> None:
+    """Mean per-gene Pearson, SSIM and RMSE per method, one panel per metric, datasets side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["pearson", "ssim", "rmse"]
+    datasets = list(dict.fromkeys(results["dataset"]))
+    methods = list(dict.fromkeys(results["method"]))
+    fig, axes = plt.subplots(1, 3, figsize=(4.5 * 3, 3.6), constrained_layout=True)
+    width = 0.8 / max(1, len(methods))
+    for ax, metric in zip(axes, metrics, strict=True):
+        for i, method in enumerate(methods):
+            values = [
+                results.loc[(results["dataset"] == d) & (results["method"] == method), metric].mean() for d in datasets
+            ]
+            ax.bar(np.arange(len(datasets)) + i * width, values, width, label=method)
+        ax.set_xticks(np.arange(len(datasets)) + width * (len(methods) - 1) / 2, datasets)
+        ax.set_title(f"{metric} ({'lower' if metric == 'rmse' else 'higher'} is better)")
+    axes[0].legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown_table(results: pd.DataFrame) -> str:
+    lines = ["| dataset | method | Pearson | SSIM | RMSE | seconds | peak RSS (MiB) |", "|---|---|---|---|---|---|---|"]
+    for r in results.itertuples():
+        lines.append(f"| {r.dataset} | {r.method} | {r.pearson:.4f} | {r.ssim:.4f} | {r.rmse:.4f} | "
+                     f"{r.seconds:.1f} | {r.peak_rss_mb:.0f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def run_bench_command(out: str | Path, **kwargs) -> pd.DataFrame:
+    """``histex bench``: run the benchmark, write ``results.csv`` and ``results.png`` under ``out``, print the table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_benchmark(**kwargs)
+    results.to_csv(out / "results.csv", index=False)
+    plot_results(results, out / "results.png")
+    print(markdown_table(results))
+    print(f"wrote {out / 'results.csv'} and {out / 'results.png'}")
+    return results
