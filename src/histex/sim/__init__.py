@@ -9,11 +9,15 @@ from histex.sim._cells import cell_bin_weights, points_to_bins
 from histex.sim._layout import visium_like
 from histex.sim._nuclei import draw_programmes, from_nuclei
 from histex.sim._pseudo import hex_spots, sum_into_spots
+from histex.sim._visium_hd import from_visium_hd
+from histex.sim._xenium import from_xenium
 
 __all__ = [
     "cell_bin_weights",
     "draw_programmes",
     "from_nuclei",
+    "from_visium_hd",
+    "from_xenium",
     "hex_spots",
     "points_to_bins",
     "sum_into_spots",

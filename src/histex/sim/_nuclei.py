@@ -9,10 +9,10 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import ndimage
 
-from histex.geometry import VISIUM_PITCH_UM, VISIUM_SPOT_DIAMETER_UM, BinGrid
+from histex.geometry import BinGrid
 from histex.sim._cells import cell_bin_weights
 from histex.sim._layout import visium_like
-from histex.sim._pseudo import hex_spots, sum_into_spots
+from histex.sim._pseudo import pseudo_visium
 
 logger = logging.getLogger("histex")
 
@@ -141,15 +141,7 @@ def from_nuclei(
     )
     truth_counts = bin_counts[flat]
 
-    offset = (rng.uniform(0, VISIUM_PITCH_UM), rng.uniform(0, VISIUM_PITCH_UM * np.sqrt(3) / 2))
-    spot_xy, array_rc = hex_spots(tissue, grid, mpp, offset_um=offset)
-    if len(spot_xy) == 0:
-        raise ValueError(
-            f"No 55 µm spot of a 100 µm lattice fits on the tissue ({int(tissue.sum())} bins of {bin_size_um} µm): "
-            "the section is too small or the pixel size wrong."
-        )
-    spot_counts = sum_into_spots(spot_xy, grid, rows, cols, truth_counts,
-                                 radius_px=VISIUM_SPOT_DIAMETER_UM / 2 / mpp)  # fmt: skip
+    spot_xy, array_rc, spot_counts = pseudo_visium(tissue, grid, mpp, rows, cols, truth_counts, rng=rng)
     logger.info(
         "Simulated %d cells of %d classes, %d genes: %d tissue bins, %d spots.",
         len(classes), len(class_names), programmes.shape[1], len(rows), len(spot_xy),

@@ -109,3 +109,26 @@ def sum_into_spots(
     stored = np.asarray(rows, np.int64) * grid.n_cols + np.asarray(cols, np.int64)
     counts = sp.csr_matrix(counts, dtype=np.float64)
     return sp.csr_matrix((incidence[:, stored] @ counts).astype(np.float32))
+
+
+def pseudo_visium(
+    tissue: np.ndarray, grid: BinGrid, mpp: float, rows, cols, truth_counts, *, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
+    """Spots of a randomly placed Visium lattice over the tissue and their counts, summed from the truth bins.
+
+    Returns the spot centres ``(x, y)`` in image pixels, their array coordinates and ``(n_spots, n_genes)`` counts.
+
+    Raises
+    ------
+    ValueError
+        When no spot fits on the tissue.
+    """
+    offset = (rng.uniform(0, VISIUM_PITCH_UM), rng.uniform(0, VISIUM_PITCH_UM * np.sqrt(3) / 2))
+    spot_xy, array_rc = hex_spots(tissue, grid, mpp, offset_um=offset)
+    if len(spot_xy) == 0:
+        raise ValueError(
+            f"No 55 µm spot of a 100 µm lattice fits on the tissue ({int(np.sum(tissue))} bins of "
+            f"{grid.bin_px * mpp:g} µm at {mpp:.4f} µm/px): the section is too small or the pixel size wrong."
+        )
+    counts = sum_into_spots(spot_xy, grid, rows, cols, truth_counts, radius_px=VISIUM_SPOT_DIAMETER_UM / 2 / mpp)
+    return spot_xy, array_rc, counts
