@@ -44,6 +44,11 @@ class EncoderPlan:
     margin: int
     build: Callable[[], Encoder]
 
+    @classmethod
+    def ready(cls, encoder: Encoder) -> EncoderPlan:
+        """The plan of an encoder that already exists."""
+        return cls(encoder.name, encoder.digest, encoder.patch_size, encoder.tile_size, encoder.margin, lambda: encoder)
+
 
 def plan_encoder(
     model: str | FoundationModel | Encoder | torch.nn.Module | Callable,
@@ -55,14 +60,11 @@ def plan_encoder(
     """Resolve ``model`` to a name, a weights digest and a way to build it (see :func:`get_encoder`)."""
     if isinstance(model, Encoder):
         _no_weights(weights, model.name)
-        return EncoderPlan(model.name, model.digest, model.patch_size, model.tile_size, model.margin, lambda: model)
+        return EncoderPlan.ready(model)
     if isinstance(model, str) and model == TextureEncoder.name:
         _no_weights(weights, model)
         kwargs = {k: v for k, v in {"patch_size": patch_size, "tile_size": tile_size}.items() if v is not None}
-        encoder = TextureEncoder(**kwargs)
-        return EncoderPlan(
-            encoder.name, encoder.digest, encoder.patch_size, encoder.tile_size, encoder.margin, lambda: encoder
-        )
+        return EncoderPlan.ready(TextureEncoder(**kwargs))
     if isinstance(model, str) and model not in MODELS:
         raise ValueError(f"Unknown model {model!r}; available models: {', '.join(available_models())}.")
     if isinstance(model, (str, FoundationModel)):
@@ -80,10 +82,7 @@ def plan_encoder(
         _no_weights(weights, "a torch module")
         if patch_size is None:
             raise ValueError("A torch module or callable as model needs its patch_size (input pixels per token).")
-        encoder = TorchEncoder(model, patch_size=patch_size, tile_size=tile_size or 224)
-        return EncoderPlan(
-            encoder.name, encoder.digest, encoder.patch_size, encoder.tile_size, encoder.margin, lambda: encoder
-        )
+        return EncoderPlan.ready(TorchEncoder(model, patch_size=patch_size, tile_size=tile_size or 224))
     raise TypeError(
         f"model must be a registry name, an Encoder, a torch module or a callable, not {type(model).__name__}."
     )

@@ -16,7 +16,14 @@ from histex._device import resolve_device, resolve_precision
 from histex.encoders import DEFAULT_MODEL, Encoder, plan_encoder
 from histex.pp._image import image_source
 from histex.pp._store import FeatureStore
-from histex.pp._tiling import ImageSource, default_num_workers, encode_blocks, plan_tiling, tiling_shifts
+from histex.pp._tiling import (
+    ImageSource,
+    default_num_workers,
+    encode_blocks,
+    plan_tiling,
+    shifts_per_axis,
+    tiling_shifts,
+)
 from histex.pp._tissue import tissue_mask
 
 logger = logging.getLogger("histex")
@@ -165,7 +172,7 @@ def extract_features(
     grid = geometry.BinGrid.for_image(shape_yx, mpp=mpp, bin_size_um=bin_size_um)
     if grid.n_rows < 1 or grid.n_cols < 1:
         raise ValueError(f"The image ({shape_yx[1]} x {shape_yx[0]} px) is smaller than one {bin_size_um} µm bin.")
-    tiling_shifts(n_shifts, n_shifts)  # a square number
+    shifts_per_axis(n_shifts)
     plan = plan_encoder(model, weights=weights, patch_size=patch_size, tile_size=tile_size)
     tile_bins = plan.tile_size // plan.patch_size
     tiling_shifts(n_shifts, tile_bins)

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -129,11 +129,17 @@ def resample_window(window: np.ndarray, origin_yx: tuple[int, int], f: float, ou
 
 
 # -- where tiles fall -------------------------------------------------------------------------------------------------
+def shifts_per_axis(n_shifts: int) -> int:
+    """``k`` for ``n_shifts = k**2`` tilings; anything else is an error."""
+    k = math.isqrt(n_shifts) if n_shifts >= 1 else 0
+    if k < 1 or k * k != n_shifts:
+        raise ValueError(f"n_shifts must be a square number (1, 4, 9, 16, ...); got {n_shifts}.")
+    return k
+
+
 def tiling_shifts(n_shifts: int, tile_bins: int) -> tuple[tuple[int, int], ...]:
     """Offsets in bins of ``n_shifts`` tilings: a ``k x k`` lattice of shifts over one tile (``n_shifts = k**2``)."""
-    k = math.isqrt(n_shifts)
-    if n_shifts < 1 or k * k != n_shifts:
-        raise ValueError(f"n_shifts must be a square number (1, 4, 9, 16, ...); got {n_shifts}.")
+    k = shifts_per_axis(n_shifts)
     if k > tile_bins:
         raise ValueError(f"n_shifts={n_shifts} asks for more shifts per axis than a tile has bins ({tile_bins}).")
     steps = [i * tile_bins // k for i in range(k)]
@@ -273,7 +279,6 @@ class EncodeStats:
     batch_size: int = 0
     peak_gpu_bytes: int | None = None
     oom_backoffs: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def tiles_per_s(self) -> float:
