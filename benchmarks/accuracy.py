@@ -1,8 +1,9 @@
 """Accuracy of every method on sections with known 8 µm truth; the same as ``histex bench``.
 
-    python benchmarks/accuracy.py --out bench --datasets toy hgsc_nest
+    python benchmarks/accuracy.py --out bench [--datasets toy hgsc_nest hgsc_wsi]
 
-hgsc_nest reads ../shared/data (real H&E with its segmented nuclei) unless --data-dir says otherwise.
+hgsc_nest (real H&E with its segmented nuclei) and hgsc_wsi (a whole-slide segmentation, painted) read
+../shared/data unless --data-dir says otherwise.
 """
 
 from pathlib import Path

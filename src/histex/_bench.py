@@ -16,7 +16,7 @@ logger = logging.getLogger("histex")
 MODEL_METHODS = ("histex", "image_only", "paper")
 BASELINE_METHODS = ("nearest", "linear", "cubic", "idw")
 METHODS = MODEL_METHODS + BASELINE_METHODS
-DATASETS = ("toy", "hgsc_nest")
+DATASETS = ("toy", "hgsc_nest", "hgsc_wsi")
 
 
 def _reset_peak_rss() -> None:
@@ -38,9 +38,17 @@ def _peak_rss_mb() -> float:
 
 
 def load_dataset(
-    name: str, *, data_dir: Path | None = None, n_genes: int = 60, seed: int = 0, toy_size_um: float = 1600
+    name: str,
+    *,
+    data_dir: Path | None = None,
+    n_genes: int = 60,
+    seed: int = 0,
+    toy_size_um: float = 1600,
+    wsi_size_px: int = 6000,
 ):
-    """A benchmark section with its truth: ``"toy"`` (built in) or ``"hgsc_nest"`` (real H&E and nuclei)."""
+    """A benchmark section with its truth: ``"toy"`` (built in), ``"hgsc_nest"`` (real H&E and nuclei) or
+    ``"hgsc_wsi"`` (a ``wsi_size_px`` square of a whole-slide segmentation, at 0.5 µm/px, where it has the most
+    nuclei, with an H&E-like image painted from its nuclei and tissue regions)."""
     import histex as hx
 
     if name == "toy":
@@ -54,6 +62,18 @@ def load_dataset(
         image = np.asarray(Image.open(data_dir / "hgsc_nest.jpg").convert("RGB"))
         nuclei = gpd.read_parquet(data_dir / "hgsc_nest.parquet")
         return hx.sim.from_nuclei(image, nuclei, mpp=0.5, n_genes=n_genes, seed=seed)
+    if name == "hgsc_wsi":
+        from histex.sim._paint import _read_crop
+
+        files = ["hgsc_nuclei_wsi.parquet", "hgsc_tissue_wsi.parquet"]
+        if data_dir is None or not all((data_dir / f).is_file() for f in files):
+            raise FileNotFoundError(f"hgsc_wsi needs {' and '.join(files)} in data_dir={data_dir}.")
+        # Nuclei are the size of hgsc_nest's (same source), whose inflammatory nuclei are ~15 px: 0.5 µm/px.
+        nuclei, tissue, window = _read_crop(data_dir / files[0], data_dir / files[1], size_px=wsi_size_px)
+        image = hx.sim.paint_he(nuclei, tissue, bounds=(0, 0, wsi_size_px, wsi_size_px), mpp=0.5, seed=seed)
+        sdata = hx.sim.from_nuclei(image, nuclei, mpp=0.5, n_genes=n_genes, seed=seed)
+        sdata.tables["truth"].uns["window_px"] = np.asarray(window)
+        return sdata
     raise ValueError(f"Unknown dataset {name!r}; available: {', '.join(DATASETS)}.")
 
 
@@ -68,6 +88,7 @@ def run_benchmark(
     seed: int = 0,
     device: str | None = None,
     toy_size_um: float = 1600,
+    wsi_size_px: int = 6000,
     show_progress: bool = False,
     echo: Callable[[str], None] = print,
 ) -> pd.DataFrame:
@@ -81,13 +102,16 @@ def run_benchmark(
         ``"histex"``, ``"image_only"``, ``"paper"`` (super-resolution variants) and ``"nearest"``, ``"linear"``,
         ``"cubic"``, ``"idw"`` (spots placed on the bins without learning, :mod:`histex.baselines`).
     data_dir
-        Folder with the real data (``hgsc_nest.jpg``, ``hgsc_nest.parquet``).
+        Folder with the real data (``hgsc_nest.jpg`` and ``hgsc_nest.parquet``; ``hgsc_nuclei_wsi.parquet`` and
+        ``hgsc_tissue_wsi.parquet``).
     epochs
         Epochs of every super-resolution variant (``None``: each variant's default; the paper's is 500).
     n_states, seed, device
         Passed to :func:`histex.tl.super_resolve`.
     toy_size_um
         Edge of the toy section.
+    wsi_size_px
+        Edge of the ``"hgsc_wsi"`` crop in pixels of 0.5 µm.
 
     Returns
     -------
@@ -103,7 +127,9 @@ def run_benchmark(
     data_dir = Path(data_dir) if data_dir is not None else None
     rows = []
     for name in datasets:
-        sdata = load_dataset(name, data_dir=data_dir, n_genes=n_genes, seed=seed, toy_size_um=toy_size_um)
+        sdata = load_dataset(
+            name, data_dir=data_dir, n_genes=n_genes, seed=seed, toy_size_um=toy_size_um, wsi_size_px=wsi_size_px
+        )
         truth = sdata.tables["truth"]
         hx.pp.extract_features(sdata, show_progress=show_progress)
         reference = None

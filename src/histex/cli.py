@@ -21,9 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     bench = sub.add_parser("bench", help="every method on sections with known truth: results.csv, results.png")
     bench.add_argument("--out", default="histex_bench", help="output folder (default: histex_bench)")
-    bench.add_argument("--datasets", nargs="+", default=["toy", "hgsc_nest"], help="toy, hgsc_nest")
+    bench.add_argument("--datasets", nargs="+", default=None, help="toy, hgsc_nest, hgsc_wsi (default: all)")
     bench.add_argument("--methods", nargs="+", default=None, help="default: all")
-    bench.add_argument("--data-dir", default=None, help="folder with hgsc_nest.jpg and hgsc_nest.parquet")
+    bench.add_argument("--data-dir", default=None, help="folder with the hgsc_nest and hgsc_*_wsi files")
+    bench.add_argument("--wsi-size-px", type=int, default=6000, help="edge of the hgsc_wsi crop (0.5 µm px)")
     bench.add_argument("--genes", type=int, default=60)
     bench.add_argument("--epochs", type=int, default=60, help="epochs of every super-resolution variant")
     bench.add_argument("--n-states", type=int, default=3)
@@ -47,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
             show_progress=not args.quiet,
         )
     elif args.command == "bench":
-        from histex._bench import METHODS, run_bench_command
+        from histex._bench import DATASETS, METHODS, run_bench_command
 
         run_bench_command(
             args.out,
-            datasets=args.datasets,
+            datasets=args.datasets or DATASETS,
             methods=args.methods or METHODS,
             data_dir=args.data_dir,
             n_genes=args.genes,
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             n_states=args.n_states,
             seed=args.seed,
             device=args.device,
+            wsi_size_px=args.wsi_size_px,
         )
     return 0
 
