@@ -1,7 +1,5 @@
 """Simulated sections with known truth: cells split over bins by area, pseudo-spots, and sections from real nuclei."""
 
-import time
-
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -67,23 +65,6 @@ def test_pseudo_spots_lie_on_the_tissue_and_sum_their_disks():
     assert spot.mean() == pytest.approx(np.pi * 3.4375**2, abs=1)  # 37 bins on average, 32-40 by position
     with pytest.raises(ValueError, match="tissue has shape"):
         hx.sim.hex_spots(tissue[:10], grid, mpp)
-
-
-@pytest.mark.slow
-def test_xenium_sized_cell_sets_split_in_under_two_minutes():
-    """The cell split is vectorised: 500,000 cells of about 10 µm in seconds, not a loop over shapely per cell."""
-    rng = np.random.default_rng(1)
-    n = 500_000
-    side = 14000  # px at 0.5 µm/px: 7 mm, a Xenium-sized region
-    centres = rng.uniform(20, side - 20, size=(n, 2))
-    radii = rng.uniform(6, 14, size=n)
-    cells = shapely.buffer(shapely.points(centres), radii, quad_segs=4)
-    grid = BinGrid.for_image((side, side), mpp=0.5, bin_size_um=8)
-    start = time.perf_counter()
-    w = hx.sim.cell_bin_weights(cells, grid)
-    seconds = time.perf_counter() - start
-    assert np.allclose(np.asarray(w.sum(axis=1)).ravel(), 1, atol=1e-9)
-    assert seconds < 120, seconds
 
 
 def nuclei_frame(classes, centres, radius=6.0):
