@@ -46,6 +46,7 @@ class FitConfig:
     nonlinear: bool = True
     carry_context: bool = False
     context_skip: bool = False
+    fusion_dropout: float = 0.0
     dim: int = 128
     heads: int = 8
     seed: int = 0
@@ -100,6 +101,7 @@ def build_network(config: FitConfig, n_features: int, n_genes: int) -> torch.nn.
             nonlinear=config.nonlinear,
             carry_context=config.carry_context,
             context_skip=config.context_skip,
+            fusion_dropout=config.fusion_dropout,
         )
     return ImageOnlyNet(n_features, n_genes, hidden=config.hidden, nonlinear=config.nonlinear)
 

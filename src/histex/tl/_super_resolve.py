@@ -19,13 +19,14 @@ from histex.pp._features import read_features
 logger = logging.getLogger("histex")
 
 #: What each variant sets; explicit arguments of ``super_resolve`` override stride,
-#: context_dropout, targets and epochs. The choices for
-#: "histex" were measured on the toy section (mean per-gene Pearson at 8 µm against ground truth; see CHANGELOG).
+#: context_dropout, targets and epochs. The choices for "histex" were measured with ``histex bench`` on the toy
+#: section and the HGSC nest (mean per-gene Pearson at 8 µm against ground truth; see the benchmark page).
 _PAPER_MLP = (1024, 512, 512, 512)
 _SMALL_MLP = (256, 256, 256, 256)  # as accurate as the paper's widths on texture features, three times faster
 VARIANTS: dict[str, dict] = {
     # Our default: nonlinear MLP; the fusion blocks carry the measured expression through and the MLP also sees it
-    # directly; a spot never sees its own measurement at training; overlapping prediction windows.
+    # directly; a spot never sees its own measurement at training, and half of the windows are trained without
+    # the fused tokens (so that the MLP learns each bin from its image); overlapping prediction windows.
     "histex": {
         "use_context": True,
         "nonlinear": True,
@@ -34,6 +35,7 @@ VARIANTS: dict[str, dict] = {
         "targets": "minmax",
         "carry_context": True,
         "context_skip": True,
+        "fusion_dropout": 0.5,
         "hidden": _SMALL_MLP,
         "epochs": 60,
     },
@@ -46,6 +48,7 @@ VARIANTS: dict[str, dict] = {
         "targets": "minmax",
         "carry_context": False,
         "context_skip": False,
+        "fusion_dropout": 0.0,
         "hidden": _SMALL_MLP,
         "epochs": 60,
     },
@@ -58,6 +61,7 @@ VARIANTS: dict[str, dict] = {
         "targets": "minmax",
         "carry_context": False,
         "context_skip": False,
+        "fusion_dropout": 0.0,
         "hidden": _PAPER_MLP,
         "epochs": 500,
     },
@@ -123,7 +127,8 @@ def super_resolve(
     variant
         ``"histex"`` (default): nonlinear MLP, fusion blocks that carry the measured expression through, the mean
         context expression given to the MLP as well, each spot's own measurement left out of its context at
-        training, and overlapping prediction windows (stride 3). ``"image_only"``: no expression context (the iStar
+        training, the fused tokens withheld from the MLP for half of the training windows (so that it learns each
+        bin from its image, not each spot by heart), and overlapping prediction windows (stride 3). ``"image_only"``: no expression context (the iStar
         design). ``"paper"``: the published settings (linear MLP of widths 1024-512-512-512, non-overlapping 7 x 7
         blocks, min-max targets), with the reference code's defects corrected (neighbours by location, attention
         scaled by the head dimension, shuffled batches, hexagonal lattice).
@@ -252,6 +257,7 @@ def super_resolve(
         nonlinear=settings["nonlinear"],
         carry_context=settings["carry_context"],
         context_skip=settings["context_skip"],
+        fusion_dropout=settings["fusion_dropout"],
         hidden=tuple(settings["hidden"]),
         seed=seed,
         device=torch_device,
