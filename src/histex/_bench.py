@@ -168,7 +168,7 @@ def plot_results(results: pd.DataFrame, path: str | Path) -> None:
     metrics = ["pearson", "ssim", "rmse"]
     datasets = list(dict.fromkeys(results["dataset"]))
     methods = list(dict.fromkeys(results["method"]))
-    fig, axes = plt.subplots(1, 3, figsize=(4.5 * 3, 3.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(4.5 * 3 + 1.2, 3.6), layout="constrained")
     width = 0.8 / max(1, len(methods))
     for ax, metric in zip(axes, metrics, strict=True):
         for i, method in enumerate(methods):
@@ -178,7 +178,8 @@ def plot_results(results: pd.DataFrame, path: str | Path) -> None:
             ax.bar(np.arange(len(datasets)) + i * width, values, width, label=method)
         ax.set_xticks(np.arange(len(datasets)) + width * (len(methods) - 1) / 2, datasets)
         ax.set_title(f"{metric} ({'lower' if metric == 'rmse' else 'higher'} is better)")
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)  # beside the panels, over no bar
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
