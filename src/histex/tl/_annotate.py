@@ -1,0 +1,221 @@
+"""``annotate``: tissue domains on super-resolved bins, named by marker genes, with their boundaries."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from histex import domains as dm
+
+logger = logging.getLogger("histex")
+
+USES = ("embedding", "expression")
+METHODS = ("kmeans", "leiden")
+
+
+def bin_table(sdata, table_key: str):
+    """The table ``table_key`` of ``sdata``, checked to be a table of bins on a grid (``array_row``, ``array_col``)."""
+    if table_key not in sdata.tables:
+        raise KeyError(f"No table {table_key!r}; tables: {', '.join(map(repr, sdata.tables)) or 'none'}.")
+    table = sdata.tables[table_key]
+    missing = [c for c in ("array_row", "array_col") if c not in table.obs]
+    if missing:
+        raise ValueError(
+            f"Table {table_key!r} is not a table of bins: obs has no {', '.join(missing)}. Use the table that "
+            "histex.tl.super_resolve writes, or a Visium HD bin table (spatialdata_io.visium_hd)."
+        )
+    rows, cols = table.obs["array_row"].to_numpy(), table.obs["array_col"].to_numpy()
+    if table.n_obs > 1 and ((rows + cols) % 2 == 0).all():
+        raise ValueError(
+            f"Table {table_key!r} is not a table of bins: its array_row/array_col lie on a hexagonal lattice "
+            "(array_col steps by 2), as Visium spots do. Use the table of bins that histex.tl.super_resolve writes."
+        )
+    return table
+
+
+def log_normalised(table, layer: str | None = None) -> np.ndarray:
+    """log1p of counts scaled to the median total per bin, dense ``(bins, genes)`` float32."""
+    x = table.layers[layer] if layer else table.X
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    x = x.astype(np.float32, copy=True)
+    totals = x.sum(axis=1, keepdims=True)
+    target = float(np.median(totals[totals > 0])) if (totals > 0).any() else 1.0
+    np.divide(x * target, totals, out=x, where=totals > 0)
+    return np.log1p(x, out=x)
+
+
+def _representation(table, use: str, layer: str | None, n_pcs: int) -> np.ndarray:
+    if use == "embedding":
+        if "X_histex" not in table.obsm:
+            raise ValueError(
+                "The table has no obsm['X_histex'] (the fused embedding of super_resolve); use='expression'."
+            )
+        return np.asarray(table.obsm["X_histex"], dtype=np.float32)
+    from sklearn.decomposition import PCA
+
+    x = log_normalised(table, layer)
+    x -= x.mean(axis=0)
+    std = x.std(axis=0)
+    x /= np.where(std > 0, std, 1)
+    n = min(n_pcs, x.shape[1], x.shape[0] - 1)
+    return PCA(n, random_state=0).fit_transform(x).astype(np.float32)
+
+
+def _leiden(values: np.ndarray, resolution: float, seed: int) -> np.ndarray:
+    import anndata as ad
+    import scanpy as sc
+
+    holder = ad.AnnData(obsm={"X_rep": values}, obs=pd.DataFrame(index=np.arange(len(values)).astype(str)))
+    sc.pp.neighbors(holder, use_rep="X_rep", random_state=seed)
+    sc.tl.leiden(holder, resolution=resolution, flavor="igraph", n_iterations=2, random_state=seed)
+    return dm.by_size(holder.obs["leiden"].astype(int).to_numpy())
+
+
+def annotate(
+    sdata,
+    table_key: str = "histex",
+    *,
+    n_domains: int = 8,
+    use: str = "embedding",
+    method: str = "kmeans",
+    resolution: float = 1.0,
+    smooth: float = 1.0,
+    markers: dict[str, list[str]] | None = None,
+    min_score: float = 0.25,
+    boundary: bool = False,
+    layer: str | None = None,
+    n_pcs: int = 30,
+    seed: int = 0,
+    key_added: str = "domain",
+) -> None:
+    """Tissue domains on 8 µm bins, optionally named by marker genes, with the bins on their boundaries.
+
+    Every bin is described by the fused embedding of :func:`histex.tl.super_resolve` or by its expression (principal
+    components of log-normalised, scaled counts), averaged with its neighbours on the bin grid (``smooth``), and
+    clustered. With ``markers``, each domain takes the label whose marker genes score highest over its bins (the
+    mean z-score of the genes' log-normalised expression across bins), or ``"unknown"`` when that score is below
+    ``min_score``.
+
+    Parameters
+    ----------
+    sdata
+        A SpatialData with a table of bins (``obs["array_row"]``, ``obs["array_col"]``): the one
+        :func:`histex.tl.super_resolve` writes, or any Visium HD-like bin table.
+    table_key
+        The bin table.
+    n_domains
+        Number of domains (``method="kmeans"``).
+    use
+        ``"embedding"`` (``obsm["X_histex"]``) or ``"expression"``.
+    method
+        ``"kmeans"`` or ``"leiden"`` (scanpy's, on a nearest-neighbour graph of the bins; ``resolution`` sets the
+        number of domains).
+    resolution
+        Leiden resolution.
+    smooth
+        Standard deviation, in bins, of the Gaussian average over neighbouring bins before clustering; 0: none.
+    markers
+        Label -> marker genes, e.g. ``{"tumour": ["EPCAM", "KRT8"], "immune": ["PTPRC", "CD3E"]}``.
+    min_score
+        Domains whose best marker score is below this (in standard deviations of the bins) are ``"unknown"``.
+    boundary
+        Mark the bins that touch a bin of another label (of another domain without ``markers``), e.g. a tumour edge.
+    layer
+        Layer with the counts for ``use="expression"`` and the marker scores; default ``X``.
+    n_pcs
+        Principal components for ``use="expression"``.
+    seed
+        Seed of the clustering.
+    key_added
+        Prefix of what is written.
+
+    Returns
+    -------
+    None. The table gains ``obs[key_added]`` (domain ``"0"``, ``"1"``, ... by decreasing size) and, with
+    ``markers``, ``obs[f"{key_added}_label"]``, ``obs[f"{key_added}_confidence"]`` (the domain's best marker score)
+    and ``obsm[f"{key_added}_scores"]`` (bins x labels marker scores); with ``boundary``,
+    ``obs[f"{key_added}_boundary"]``; ``uns[key_added]`` the settings. If the call fails, nothing is written.
+    """
+    table = bin_table(sdata, table_key)
+    if use not in USES:
+        raise ValueError(f"use must be one of {USES}, got {use!r}.")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    if method == "kmeans" and not 1 <= n_domains <= table.n_obs:
+        raise ValueError(f"n_domains must be between 1 and the {table.n_obs} bins, got {n_domains}.")
+    marker_idx = _marker_columns(table, markers) if markers else None
+
+    rows = table.obs["array_row"].to_numpy().astype(np.int64)
+    cols = table.obs["array_col"].to_numpy().astype(np.int64)
+    values = dm.smooth_on_grid(_representation(table, use, layer, n_pcs), rows, cols, smooth)
+    if method == "kmeans":
+        domains = dm.kmeans_domains(values, n_domains, seed=seed)
+    else:
+        domains = _leiden(values, resolution, seed)
+    n_found = int(domains.max()) + 1
+    obs = {key_added: pd.Categorical(domains.astype(str), categories=[str(i) for i in range(n_found)])}
+    obsm = {}
+    settings = {
+        "n_domains": n_found,
+        "use": use,
+        "method": method,
+        "resolution": resolution if method == "leiden" else None,
+        "smooth": smooth,
+        "seed": seed,
+        "layer": layer or "X",
+    }
+    bin_labels = domains.astype(str)
+    if marker_idx is not None:
+        scores = dm.marker_scores(log_normalised(table, layer), marker_idx)
+        names, confidence = dm.label_domains(domains, scores, list(marker_idx), min_score=min_score)
+        bin_labels = names[domains].astype(str)
+        obs[f"{key_added}_label"] = pd.Categorical(bin_labels, categories=[*markers, "unknown"])
+        obs[f"{key_added}_confidence"] = confidence[domains].astype(np.float32)
+        obsm[f"{key_added}_scores"] = pd.DataFrame(scores, index=table.obs_names, columns=list(markers))
+        settings.update(
+            markers={k: list(v) for k, v in markers.items()},
+            min_score=min_score,
+            domain_labels=dict(zip(map(str, range(n_found)), map(str, names), strict=True)),
+            domain_confidence=dict(zip(map(str, range(n_found)), map(float, confidence), strict=True)),
+        )
+    if boundary:
+        obs[f"{key_added}_boundary"] = dm.boundary_bins(bin_labels, rows, cols)
+
+    # Everything is computed; now write.
+    for name, column in obs.items():
+        table.obs[name] = column
+    for name, frame in obsm.items():
+        table.obsm[name] = frame
+    table.uns[key_added] = settings
+    logger.info(
+        "Table %r: %d domains from the %s (%s)%s.",
+        table_key,
+        n_found,
+        use,
+        method,
+        f"; labels {settings['domain_labels']}" if marker_idx is not None else "",
+    )
+
+
+def _marker_columns(table, markers: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    genes = pd.Index(table.var_names)
+    out, absent = {}, {}
+    for label, names in markers.items():
+        names = [names] if isinstance(names, str) else list(names)
+        present = [g for g in names if g in genes]
+        if len(present) < len(names):
+            absent[label] = [g for g in names if g not in genes]
+        if present:
+            out[label] = genes.get_indexer(present)
+    empty = [label for label in markers if label not in out]
+    if empty:
+        raise ValueError(
+            f"No marker gene of {empty} is in the table (absent: {absent}). The table has {len(genes)} genes, "
+            f"e.g. {', '.join(genes[:5])}."
+        )
+    if absent:
+        logger.warning("Marker genes not in the table, left out: %s.", absent)
+    return out
