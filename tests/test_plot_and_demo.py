@@ -75,3 +75,40 @@ def test_cli_parses_demo_arguments(monkeypatch, tmp_path):
     assert cli.main(["demo", "--out", str(tmp_path), "--epochs", "5", "--n-states", "2", "--quiet"]) == 0
     assert seen["out"] == str(tmp_path) and seen["epochs"] == 5 and seen["n_states"] == 2
     assert seen["show_progress"] is False
+
+
+def _pixels_of(fig) -> np.ndarray:
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3]
+
+
+def test_domains_plot_colours_each_label_and_draws_boundaries(resolved, tmp_path):
+    sdata = sd.deepcopy(resolved)
+    markers = {"immune": ["Imm_01"], "gland": ["Epi_01"], "stroma": ["Str_01"]}
+    hx.tl.annotate(sdata, n_domains=3, use="expression", markers=markers, boundary=True, min_score=-10)
+    fig = hx.pl.domains(sdata, save=tmp_path / "domains.png")
+    ax = fig.axes[0]
+    assert ax.get_title() == "histex: domain_label"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == list(sdata.tables["histex"].obs["domain_label"].cat.categories)
+    image = ax.get_images()[0].get_array()
+    assert len(np.unique(image[np.isfinite(image)])) == sdata.tables["histex"].obs["domain_label"].nunique()
+    assert len(ax.get_images()) == 2  # labels, then the boundary bins
+    pixels = _pixels_of(fig)
+    assert (pixels.sum(-1) < 30).mean() > 0.001  # black boundary pixels
+    assert (tmp_path / "domains.png").stat().st_size > 5000
+    by_domain = hx.pl.domains(sdata, labels=False, boundary=False)
+    assert by_domain.axes[0].get_title() == "histex: domain" and len(by_domain.axes[0].get_images()) == 1
+    with pytest.raises(ValueError, match="no obs\\['regions'\\]"):
+        hx.pl.domains(sdata, key="regions")
+
+
+def test_history_plot_has_one_curve_per_state(resolved):
+    fig = hx.pl.history(resolved)
+    ax = fig.axes[0]
+    loss = resolved.tables["histex"].uns["histex"]["history"]["loss"]
+    assert len(ax.get_lines()) == len(loss) and ax.get_yscale() == "log"
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), loss[0])
+    assert ax.get_xlabel() == "epoch" and ax.get_title() == "histex: training loss"
+    with pytest.raises(ValueError, match="no training history"):
+        hx.pl.history(resolved, table_key="truth")

@@ -1,5 +1,6 @@
 """Plots."""
 
+from histex.pl._domains import domains, history
 from histex.pl._genes import genes
 
-__all__ = ["genes"]
+__all__ = ["domains", "genes", "history"]
