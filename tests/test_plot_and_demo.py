@@ -112,3 +112,20 @@ def test_history_plot_has_one_curve_per_state(resolved):
     assert ax.get_xlabel() == "epoch" and ax.get_title() == "histex: training loss"
     with pytest.raises(ValueError, match="no training history"):
         hx.pl.history(resolved, table_key="truth")
+
+
+def test_uncertainty_plot_shows_prediction_and_spread(small_toy):
+    sdata = sd.deepcopy(small_toy)
+    hx.tl.super_resolve(sdata, epochs=3, n_states=2, genes=["Imm_01", "Str_01"], show_progress=False)
+    table = sdata.tables["histex"]
+    fig = hx.pl.uncertainty(sdata, ["Imm_01", "Str_01"])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_images()]
+    assert titles == ["Imm_01: prediction", "Imm_01: ensemble std", "Str_01: prediction", "Str_01: ensemble std"]
+    spread = fig.axes[1].get_images()[0].get_array()
+    assert np.nanmax(spread) > 0  # two states disagree somewhere
+    np.testing.assert_allclose(np.nansum(spread), table[:, "Imm_01"].layers["std"].sum(), rtol=1e-4)
+    with pytest.raises(ValueError, match=r"Gene\(s\) \['NOPE'\]"):
+        hx.pl.uncertainty(sdata, "NOPE")
+    del table.layers["std"]
+    with pytest.raises(ValueError, match="no layers\\['std'\\]"):
+        hx.pl.uncertainty(sdata, "Imm_01")

@@ -1,6 +1,6 @@
 """Plots."""
 
 from histex.pl._domains import domains, history
-from histex.pl._genes import genes
+from histex.pl._genes import genes, uncertainty
 
-__all__ = ["domains", "genes", "history"]
+__all__ = ["domains", "genes", "history", "uncertainty"]

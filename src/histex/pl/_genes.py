@@ -1,4 +1,4 @@
-"""Gene maps: measured spots beside super-resolved bins (and ground truth when there is one)."""
+"""Gene maps: measured spots beside super-resolved bins (and ground truth when there is one), and their spread."""
 
 from __future__ import annotations
 
@@ -110,6 +110,63 @@ def genes(
                 ax.set_aspect("equal")
             else:
                 im = ax.imshow(panels[title], cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+            ax.set_title(f"{gene}: {title}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.colorbar(im, ax=list(axes[i]), shrink=0.8, label="counts per bin")
+    if save is not None:
+        fig.savefig(save, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def uncertainty(
+    sdata,
+    genes: str | list[str],
+    *,
+    table_key: str = "histex",
+    cmap: str = "magma",
+    panel_size: float = 3.2,
+    save: str | None = None,
+):
+    """Predicted expression beside its ensemble spread (``layers["std"]`` of :func:`histex.tl.super_resolve`).
+
+    One row per gene: the prediction (counts per bin) and the standard deviation across ensemble states, on one
+    colour scale, so that where the states disagree is seen against how much is predicted.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData after :func:`histex.tl.super_resolve` with ``n_states > 1``.
+    genes
+        Gene name(s).
+    table_key
+        Its table.
+    cmap
+        Matplotlib colour map.
+    panel_size
+        Inches per panel.
+    save
+        Path to save the figure to.
+
+    Returns
+    -------
+    The :class:`matplotlib.figure.Figure`; its axes are ``fig.axes`` row by row.
+    """
+    import matplotlib.pyplot as plt
+
+    genes = [genes] if isinstance(genes, str) else list(genes)
+    table = sdata.tables[table_key]
+    if "std" not in table.layers:
+        raise ValueError(f"Table {table_key!r} has no layers['std'] (the ensemble spread of super_resolve).")
+    missing = [g for g in genes if g not in table.var_names]
+    if missing:
+        raise ValueError(f"Gene(s) {missing} are not in table {table_key!r}.")
+    fig, axes = plt.subplots(len(genes), 2, figsize=(panel_size * 2, panel_size * len(genes)), squeeze=False)
+    for i, gene in enumerate(genes):
+        panels = {"prediction": _column(table, gene), "ensemble std": _column(table, gene, "std")}
+        vmax = float(np.percentile(panels["prediction"], 99.5)) or 1.0
+        for ax, (title, values) in zip(axes[i], panels.items(), strict=True):
+            im = ax.imshow(raster(table, values), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
             ax.set_title(f"{gene}: {title}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
