@@ -28,10 +28,7 @@ def pearson_per_gene(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     numpy.ndarray
         ``(n_genes,)`` correlations; NaN for a gene that is constant in either map (no defined correlation).
     """
-    pred = np.asarray(pred, dtype=np.float64)
-    truth = np.asarray(truth, dtype=np.float64)
-    if pred.shape != truth.shape:
-        raise ValueError(f"pred and truth differ in shape: {pred.shape} vs {truth.shape}.")
+    pred, truth = _same_shape(pred, truth)
     p = pred - pred.mean(axis=0)
     t = truth - truth.mean(axis=0)
     denom = np.sqrt((p**2).sum(axis=0) * (t**2).sum(axis=0))
@@ -162,12 +159,18 @@ def tile_artefact(features: np.ndarray, period: int, mask: np.ndarray | None = N
     return float(np.mean(shares)) if shares else 0.0
 
 
-def _pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
-    """``pred`` and ``truth`` as float64 ``(n_bins, n_genes)`` arrays of the same shape."""
+def _same_shape(pred, truth) -> tuple[np.ndarray, np.ndarray]:
+    """``pred`` and ``truth`` as float64 arrays, checked to have the same shape."""
     pred = np.asarray(pred, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.float64)
     if pred.shape != truth.shape:
         raise ValueError(f"pred and truth differ in shape: {pred.shape} vs {truth.shape}.")
+    return pred, truth
+
+
+def _pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
+    """``pred`` and ``truth`` as float64 ``(n_bins, n_genes)`` arrays of the same shape."""
+    pred, truth = _same_shape(pred, truth)
     if pred.ndim != 2:
         raise ValueError(f"pred and truth must be (n_bins, n_genes) arrays, not {pred.ndim}-D.")
     return pred, truth
