@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -65,7 +67,8 @@ def visium_like(
     from spatialdata.transformations import Identity
 
     def transforms():
-        return dict(transformations) if transformations is not None else {dataset_id: Identity()}
+        # Each element gets its own copies: transformations read from the input SpatialData must not be shared.
+        return copy.deepcopy(dict(transformations)) if transformations is not None else {dataset_id: Identity()}
 
     if isinstance(image, np.ndarray):
         image = Image2DModel.parse(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 
@@ -259,7 +258,7 @@ def from_visium_hd(
         truth_cols=t_cols,
         truth_counts=truth_counts,
         truth_obs=truth_obs,
-        transformations=copy.deepcopy(element_transformations(sdata.images[image_key])),
+        transformations=element_transformations(sdata.images[image_key]),
     )
     result.tables["truth"].uns["visium_hd"] = {
         "source": name,
