@@ -56,7 +56,8 @@ def domains(
         raise ValueError(f"Table {table_key!r} has no obs[{column!r}]; run histex.tl.annotate(key_added={key!r}).")
     values = table.obs[column].astype("category")
     names = list(values.cat.categories)
-    colours = plt.get_cmap(cmap)(np.arange(len(names)) % plt.get_cmap(cmap).N)
+    palette = plt.get_cmap(cmap)
+    colours = palette(np.arange(len(names)) % palette.N)
     if "unknown" in names:
         colours[names.index("unknown")] = (0.75, 0.75, 0.75, 1.0)
     image = raster(table, values.cat.codes.to_numpy().astype(np.float32))

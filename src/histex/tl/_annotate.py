@@ -36,27 +36,29 @@ def bin_table(sdata, table_key: str):
     return table
 
 
-def log_normalised(table, layer: str | None = None) -> np.ndarray:
-    """log1p of counts scaled to the median total per bin, dense ``(bins, genes)`` float32."""
+def log_normalised(table, layer: str | None = None, columns: np.ndarray | None = None) -> np.ndarray:
+    """log1p of counts scaled to the median total per bin, dense ``(bins, genes)`` float32.
+
+    Totals are over all genes; with ``columns``, only those genes are made dense and returned.
+    """
     x = table.layers[layer] if layer else table.X
+    totals = np.asarray(x.sum(axis=1), dtype=np.float32).reshape(-1, 1)
+    if columns is not None:
+        x = x[:, columns]
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
     x = x.astype(np.float32, copy=True)
-    totals = x.sum(axis=1, keepdims=True)
     target = float(np.median(totals[totals > 0])) if (totals > 0).any() else 1.0
     np.divide(x * target, totals, out=x, where=totals > 0)
     return np.log1p(x, out=x)
 
 
-def _representation(table, use: str, layer: str | None, n_pcs: int) -> np.ndarray:
+def _representation(table, use: str, log_expression: np.ndarray | None, n_pcs: int) -> np.ndarray:
+    """The embedding, or principal components of the scaled ``log_expression`` (which is scaled in place)."""
     if use == "embedding":
-        if "X_histex" not in table.obsm:
-            raise ValueError(
-                "The table has no obsm['X_histex'] (the fused embedding of super_resolve); use='expression'."
-            )
         return np.asarray(table.obsm["X_histex"], dtype=np.float32)
     from sklearn.decomposition import PCA
 
-    x = log_normalised(table, layer)
+    x = log_expression
     x -= x.mean(axis=0)
     std = x.std(axis=0)
     x /= np.where(std > 0, std, 1)
@@ -142,6 +144,8 @@ def annotate(
     table = bin_table(sdata, table_key)
     if use not in USES:
         raise ValueError(f"use must be one of {USES}, got {use!r}.")
+    if use == "embedding" and "X_histex" not in table.obsm:
+        raise ValueError("The table has no obsm['X_histex'] (the fused embedding of super_resolve); use='expression'.")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     if method == "kmeans" and not 1 <= n_domains <= table.n_obs:
@@ -150,7 +154,17 @@ def annotate(
 
     rows = table.obs["array_row"].to_numpy().astype(np.int64)
     cols = table.obs["array_col"].to_numpy().astype(np.int64)
-    values = dm.smooth_on_grid(_representation(table, use, layer, n_pcs), rows, cols, smooth)
+    # Log-normalise once: the expression representation needs every gene, the marker scores only the markers.
+    log_expression = log_normalised(table, layer) if use == "expression" else None
+    if marker_idx is not None:
+        marker_cols = np.unique(np.concatenate(list(marker_idx.values())))
+        marker_log = (
+            log_expression[:, marker_cols]  # a copy, taken before the representation scales log_expression in place
+            if log_expression is not None
+            else log_normalised(table, layer, columns=marker_cols)
+        )
+        scores = dm.marker_scores(marker_log, {k: np.searchsorted(marker_cols, v) for k, v in marker_idx.items()})
+    values = dm.smooth_on_grid(_representation(table, use, log_expression, n_pcs), rows, cols, smooth)
     if method == "kmeans":
         domains = dm.kmeans_domains(values, n_domains, seed=seed)
     else:
@@ -169,7 +183,6 @@ def annotate(
     }
     bin_labels = domains.astype(str)
     if marker_idx is not None:
-        scores = dm.marker_scores(log_normalised(table, layer), marker_idx)
         names, confidence = dm.label_domains(domains, scores, list(marker_idx), min_score=min_score)
         bin_labels = names[domains].astype(str)
         obs[f"{key_added}_label"] = pd.Categorical(bin_labels, categories=[*markers, "unknown"])
