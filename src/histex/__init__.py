@@ -10,13 +10,27 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0"
 
-_SUBMODULES = ("datasets", "pp", "tl", "pl", "metrics", "baselines", "geometry", "encoders", "model", "nn", "sim")
+_SUBMODULES = (
+    "datasets",
+    "pp",
+    "tl",
+    "pl",
+    "metrics",
+    "baselines",
+    "geometry",
+    "encoders",
+    "model",
+    "nn",
+    "sim",
+    "gene_sets",
+)
 
 __all__ = [
     "__version__",
     "baselines",
     "datasets",
     "encoders",
+    "gene_sets",
     "geometry",
     "metrics",
     "model",
