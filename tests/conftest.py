@@ -32,6 +32,12 @@ def small_toy():
     return sdata
 
 
+def compartment_markers(table) -> dict[str, list[str]]:
+    """The toy's marker genes of stroma, epithelium, immune aggregates and tumour, by their name prefix."""
+    groups = table.var["group"]
+    return {g: table.var_names[groups == g].tolist() for g in ["Str", "Epi", "Imm", "Tum"]}
+
+
 def fingerprint(sdata) -> dict:
     """What a failed or successful call must leave alone: element keys and the content of the input elements."""
     import numpy as np

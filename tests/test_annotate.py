@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import compartment_markers
 from sklearn.metrics import adjusted_rand_score
 
 import histex as hx
@@ -12,10 +13,7 @@ from histex import domains as dm
 @pytest.fixture(scope="module")
 def toy():
     sdata = hx.datasets.toy(size_um=800, n_genes=40, seed=0)
-    truth = sdata.tables["truth"]
-    groups = truth.var["group"]
-    markers = {g: truth.var_names[groups == g].tolist() for g in ["Str", "Epi", "Imm", "Tum"]}
-    return sdata, markers
+    return sdata, compartment_markers(sdata.tables["truth"])
 
 
 def _compartments(table):

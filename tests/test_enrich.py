@@ -4,6 +4,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import compartment_markers
 
 import histex as hx
 from histex import gene_sets as gs
@@ -14,8 +15,7 @@ def labelled():
     """The toy's ground-truth bins in labelled domains, and gene sets: one planted per compartment, two decoys."""
     sdata = hx.datasets.toy(size_um=800, n_genes=40, seed=0)
     truth = sdata.tables["truth"]
-    group = truth.var["group"]
-    markers = {g: truth.var_names[group == g].tolist() for g in ["Str", "Epi", "Imm", "Tum"]}
+    markers = compartment_markers(truth)
     hx.tl.annotate(sdata, "truth", n_domains=6, use="expression", markers=markers)
     genes = truth.var_names.tolist()
     rng = np.random.default_rng(1)

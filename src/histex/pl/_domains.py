@@ -1,10 +1,15 @@
-"""Domain maps and training curves."""
+"""Domain maps, over the H&E or on the bin grid alone, and training curves."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
 from histex.pl._genes import raster
+from histex.pl._underlay import draw_underlay, underlay
+
+logger = logging.getLogger("histex")
 
 
 def domains(
@@ -14,14 +19,24 @@ def domains(
     key: str = "domain",
     labels: bool = True,
     boundary: bool = True,
+    image: bool = True,
+    image_key: str | None = None,
+    alpha: float = 0.6,
     cmap: str = "tab20",
     figsize: tuple[float, float] = (6.0, 5.0),
     save: str | None = None,
 ):
-    """Map the domains of :func:`histex.tl.annotate` on the bin grid, one colour per domain (or label).
+    """Map the domains of :func:`histex.tl.annotate` over the H&E image, one colour per domain (or label).
 
-    The bins are rasterised on their grid (``obs["array_row"]``, ``obs["array_col"]``), so a million bins draw in
-    about a second.
+    The bins are rasterised on their grid (``obs["array_row"]``, ``obs["array_col"]``) and drawn semi-transparent
+    over the part of the H&E they cover, so a million bins over a whole-slide image draw in seconds: the image is
+    read at the coarsest level of its multiscale pyramid (or with a stride) that keeps about one pixel per bin, and
+    only where the bins are.
+
+    Where the bins lie on the image comes from ``uns["histex"]["data"]`` for a table of
+    :func:`histex.tl.super_resolve` (bin ``(row, col)`` covers image pixels ``[col, col + 1) x [row, row + 1)``
+    times ``bin_px``). For any other bin table (e.g. Visium HD bins) it is fitted by least squares: the affine map
+    from ``(array_col, array_row)`` to the centres, in the image's pixels, of the shapes the table annotates.
 
     Parameters
     ----------
@@ -35,6 +50,14 @@ def domains(
         Colour by the marker label (``obs[f"{key}_label"]``) when there is one, else by domain.
     boundary
         Draw the boundary bins (``obs[f"{key}_boundary"]``) in black, when present.
+    image
+        Draw the H&E under the domains. When no image is found (none, or several and no ``image_key``), or the bins
+        cannot be placed on it, the grid is drawn alone and the reason logged.
+    image_key
+        The H&E image; by default the one of :func:`histex.tl.super_resolve`, else the only full-resolution image.
+        Naming one that is missing, or on which the bins cannot be placed, is an error.
+    alpha
+        Opacity of the domain colours over the H&E (the grid alone is drawn opaque).
     cmap
         A qualitative matplotlib colour map.
     figsize
@@ -44,7 +67,9 @@ def domains(
 
     Returns
     -------
-    The :class:`matplotlib.figure.Figure`.
+    The :class:`matplotlib.figure.Figure`. Its first axes holds the domains (then the boundary bins) as images in
+    bin coordinates (bin ``(row, col)`` centred on ``(col, row)``); the H&E lies in ``fig.axes[0].child_axes[0]``,
+    which shares its limits and is drawn beneath it.
     """
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
@@ -54,20 +79,33 @@ def domains(
     column = f"{key}_label" if labels and f"{key}_label" in table.obs else key
     if column not in table.obs:
         raise ValueError(f"Table {table_key!r} has no obs[{column!r}]; run histex.tl.annotate(key_added={key!r}).")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be between 0 and 1, got {alpha!r}.")
+    # Read the image before drawing anything, so that a wrong image_key fails fast.
+    beneath = underlay(sdata, table, table_key, image_key) if image else None
     values = table.obs[column].astype("category")
     names = list(values.cat.categories)
     palette = plt.get_cmap(cmap)
     colours = palette(np.arange(len(names)) % palette.N)
     if "unknown" in names:
         colours[names.index("unknown")] = (0.75, 0.75, 0.75, 1.0)
-    image = raster(table, values.cat.codes.to_numpy().astype(np.float32))
+    grid = raster(table, values.cat.codes.to_numpy().astype(np.float32))
     fig, ax = plt.subplots(figsize=figsize)
     ax.set_facecolor("white")
-    ax.imshow(image, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(names) - 0.5, interpolation="nearest")
+    ax.imshow(
+        grid,
+        cmap=ListedColormap(colours),
+        vmin=-0.5,
+        vmax=len(names) - 0.5,
+        interpolation="nearest",
+        alpha=alpha if beneath is not None else 1.0,
+    )
     edge_column = f"{key}_boundary"
     if boundary and edge_column in table.obs:
-        edge = raster(table, table.obs[edge_column].to_numpy().astype(np.float32), image.shape)
+        edge = raster(table, table.obs[edge_column].to_numpy().astype(np.float32), grid.shape)
         ax.imshow(np.where(edge > 0, 1.0, np.nan), cmap=ListedColormap(["black"]), interpolation="nearest")
+    if beneath is not None:
+        draw_underlay(ax, *beneath)
     handles = [Patch(color=colours[i], label=name) for i, name in enumerate(names)]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     ax.set_title(f"{table_key}: {column}", fontsize=10)
