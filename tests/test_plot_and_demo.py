@@ -61,8 +61,18 @@ def test_demo_writes_metrics_figure_and_zarr(tmp_path):
     assert {"toy", "features", "histex", "image_only", "interpolation", "write zarr"} <= set(saved["seconds"])
     assert saved["peak_rss_mb"] > 100
     assert (tmp_path / "genes.png").stat().st_size > 10_000
+    # domains on the super-resolved bins, named by the toy's programmes, and the gene sets that run in them
+    assert -1 <= saved["domains"]["ari"] <= 1
+    assert set(saved["domains"]["best_gene_set"]) <= {"stroma", "epithelium", "immune", "tumour", "unknown"}
+    assert all(term.endswith(" programme") for term in saved["domains"]["best_gene_set"].values())
+    for name in ("domains.png", "enrichment.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
     back = sd.read_zarr(tmp_path / "toy.zarr")
     assert {"histex", "image_only", "truth", "table"} <= set(back.tables)
+    assert {"domain", "domain_label"} <= set(back.tables["histex"].obs)
+    stored = back.tables["histex"].uns["enrichment"]
+    best = stored[stored["rank"] == 1].set_index("group")["term"].to_dict()
+    assert best == saved["domains"]["best_gene_set"]  # the table in the zarr store is the one the demo reported
     assert any("Pearson" in line for line in lines)
 
 

@@ -198,7 +198,9 @@ def _spot_centres(spots, key: str) -> np.ndarray:
 def _moran(x: np.ndarray, coords: np.ndarray, genes: list[str], *, grid: bool, radius: float = 0.0) -> pd.DataFrame:
     """Moran's I and its analytic p-value per gene, from squidpy on a throwaway AnnData of ``x`` and ``coords``."""
     import anndata as ad
-    import squidpy as sq
+    with warnings.catch_warnings():  # squidpy's docstring templating (docrep) warns on import, about itself
+        warnings.simplefilter("ignore", SyntaxWarning)
+        import squidpy as sq
 
     holder = ad.AnnData(X=x, obsm={"spatial": coords}, var=pd.DataFrame(index=pd.Index(genes)))
     with _quiet(), warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):

@@ -1,0 +1,142 @@
+"""Time what follows super-resolution on a whole-slide number of bins: domains, enrichment, spatial patterns, plots.
+
+    python benchmarks/downstream.py [--side 1000] [--genes 100] [--out DIR]
+
+Builds a SpatialData like the one ``histex.tl.super_resolve`` leaves (a side x side grid of 8 µm bins, 1,000,000 by
+default, with predicted counts, a 64-d embedding, the Visium spots summed from the bins, and a lazy multiscale H&E
+at 0.5 µm per pixel), with eight planted domains, each with its own programme of genes and a gene set for it. Then
+prints the seconds and peak memory of ``histex.tl.annotate``, ``histex.tl.enrich`` (ORA and ULM),
+``histex.tl.spatial_patterns`` and the plots ``histex.pl.domains`` and ``histex.pl.enrichment``, and checks that
+each domain's planted set ranks first in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+import anndata as ad
+import dask.array as da
+import numpy as np
+import pandas as pd
+from spatialdata import SpatialData
+from spatialdata.models import Image2DModel, TableModel
+from spatialdata.transformations import Identity
+
+import histex as hx
+from histex.geometry import BinGrid
+from histex.sim import hex_spots, sum_into_spots
+
+BIN_UM = 8.0
+MPP = 0.5
+N_DOMAINS = 8
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def planted_section(side: int, n_genes: int, *, seed: int = 0) -> tuple[SpatialData, dict[str, list[str]]]:
+    """A bin table with planted domains (nearest of eight seeds, so irregular convex regions), its spots and H&E."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.divmod(np.arange(side * side), side)
+    seeds = rng.uniform(0, side, size=(N_DOMAINS, 2))
+    d2 = (rows[:, None] - seeds[:, 0]) ** 2 + (cols[:, None] - seeds[:, 1]) ** 2
+    domain = d2.argmin(axis=1)
+    del d2
+    genes = [f"G{j:04d}" for j in range(n_genes)]
+    per_domain = n_genes // (N_DOMAINS + 2)  # the rest are expressed alike everywhere
+    rate = np.full((N_DOMAINS, n_genes), 0.5, np.float32)
+    sets = {}
+    for k in range(N_DOMAINS):
+        own = slice(k * per_domain, (k + 1) * per_domain)
+        rate[k, own] = 4.0
+        sets[f"PATHWAY_{k}"] = genes[own]
+    counts = rng.poisson(rate[domain]).astype(np.float32)
+    embedding = rng.normal(size=(side * side, 64)).astype(np.float32)
+    embedding[:, :N_DOMAINS] += 2 * np.eye(N_DOMAINS, dtype=np.float32)[domain]
+    obs = pd.DataFrame(
+        {
+            "array_row": rows,
+            "array_col": cols,
+            "region": pd.Categorical(["histex_bins"] * rows.size),
+            "instance_id": np.arange(rows.size),
+            "planted": pd.Categorical(domain.astype(str)),
+        },
+        index=pd.RangeIndex(rows.size).astype(str),
+    )
+    bin_px = BIN_UM / MPP
+    centres = np.column_stack([(cols + 0.5) * bin_px, (rows + 0.5) * bin_px])
+    table = ad.AnnData(counts, obs=obs, var=pd.DataFrame(index=genes), obsm={"X_histex": embedding, "spatial": centres})
+    table = TableModel.parse(table, region="histex_bins", region_key="region", instance_key="instance_id")
+
+    grid = BinGrid(bin_px=bin_px, n_rows=side, n_cols=side)
+    spots_xy, spots_rc = hex_spots(np.ones((side, side), bool), grid, MPP)
+    spot_counts = sum_into_spots(spots_xy, grid, rows, cols, counts, radius_px=27.5 / MPP)
+    image = da.full((3, side * int(bin_px), side * int(bin_px)), 200, dtype=np.uint8, chunks=(3, 4096, 4096))
+    he = Image2DModel.parse(image, dims=("c", "y", "x"), scale_factors=[4, 4], transformations={"global": Identity()})
+    sdata = SpatialData(images={"he": he}, tables={"histex": table})
+    spots_obs = pd.DataFrame({"array_row": spots_rc[:, 0], "array_col": spots_rc[:, 1]})
+    spots_obs.index = spots_obs.index.astype(str)
+    sdata.tables["spots"] = ad.AnnData(
+        spot_counts, obs=spots_obs, var=pd.DataFrame(index=genes), obsm={"spatial": spots_xy}
+    )
+    table.uns["histex"] = {
+        "data": {
+            "image_key": "he",
+            "bin_px": bin_px,
+            "grid_shape": [side, side],
+            "coordinate_system": "global",
+            "table_key": "spots",
+        }
+    }
+    return sdata, sets
+
+
+def timed(label: str, func, *args, **kwargs):
+    start = time.perf_counter()
+    out = func(*args, **kwargs)
+    print(f"{label:<34s} {time.perf_counter() - start:8.1f} s   peak RSS {peak_rss_mib():8.0f} MiB", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--side", type=int, default=1000, help="bins per side (1000: 1,000,000 bins)")
+    parser.add_argument("--genes", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=Path("downstream_bench"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import adjusted_rand_score
+
+    sdata, sets = timed("build section", planted_section, args.side, args.genes)
+    table = sdata.tables["histex"]
+    print(f"{table.n_obs:,} bins x {table.n_vars} genes, {sdata.tables['spots'].n_obs:,} spots")
+    timed("annotate (embedding, k-means)", hx.tl.annotate, sdata, n_domains=N_DOMAINS)
+    ari = adjusted_rand_score(table.obs["planted"], table.obs["domain"])
+    print(f"  adjusted Rand index against the planted domains: {ari:.3f}")
+    timed(
+        "annotate (expression, k-means)", hx.tl.annotate, sdata, n_domains=N_DOMAINS, use="expression", key_added="d2"
+    )
+    for method in ("ora", "ulm"):
+        result = timed(f"enrich ({method})", hx.tl.enrich, sdata, gene_sets=sets, groupby="planted", method=method)
+        best = result[result["rank"] == 1].set_index("group")["term"]
+        hits = sum(best.get(str(k)) == f"PATHWAY_{k}" for k in range(N_DOMAINS))
+        print(f"  planted set first in {hits} of {N_DOMAINS} domains")
+    if hasattr(hx.tl, "spatial_patterns"):
+        timed("spatial_patterns (bins and spots)", hx.tl.spatial_patterns, sdata, genes=list(table.var_names[:20]))
+    fig = timed("pl.domains (H&E beneath)", hx.pl.domains, sdata, save=args.out / "domains.png")
+    plt.close(fig)
+    if hasattr(hx.pl, "enrichment"):
+        fig = timed("pl.enrichment", hx.pl.enrichment, sdata, save=args.out / "enrichment.png")
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
