@@ -198,6 +198,7 @@ def _spot_centres(spots, key: str) -> np.ndarray:
 def _moran(x: np.ndarray, coords: np.ndarray, genes: list[str], *, grid: bool, radius: float = 0.0) -> pd.DataFrame:
     """Moran's I and its analytic p-value per gene, from squidpy on a throwaway AnnData of ``x`` and ``coords``."""
     import anndata as ad
+
     with warnings.catch_warnings():  # squidpy's docstring templating (docrep) warns on import, about itself
         warnings.simplefilter("ignore", SyntaxWarning)
         import squidpy as sq
