@@ -4,10 +4,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from conftest import compartment_markers
 
 import histex as hx
 from histex import gene_sets as gs
+from histex.tl._annotate import log_normalised
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +130,23 @@ def test_small_sets_are_left_out_with_a_warning(labelled, caplog):
         )
     assert "tiny" not in set(result["term"])
     assert "1 of 7 gene sets have fewer than 3 genes" in caplog.text
+
+
+def test_sparse_counts_stay_sparse_and_give_the_dense_results(labelled):
+    sdata, sets = labelled
+    truth = sdata.tables["truth"]
+    assert sp.issparse(truth.X)  # the toy's truth, like a Visium HD table, is CSR
+    sparse_log = log_normalised(truth, keep_sparse=True)
+    assert sp.issparse(sparse_log) and sparse_log.nnz == truth.X.nnz
+    np.testing.assert_allclose(sparse_log.toarray(), log_normalised(truth), rtol=1e-6)
+    dense = truth.copy()
+    dense.X = truth.X.toarray()
+    sdata.tables["truth_dense"] = dense
+    try:
+        kwargs = {"gene_sets": sets, "groupby": "domain_label", "method": "ulm", "key_added": "both"}
+        from_sparse = hx.tl.enrich(sdata, "truth", **kwargs)
+        from_dense = hx.tl.enrich(sdata, "truth_dense", **kwargs)
+    finally:
+        del sdata.tables["truth_dense"]
+    pd.testing.assert_frame_equal(from_sparse, from_dense, rtol=1e-4)
+    np.testing.assert_allclose(truth.obsm["both_scores"], dense.obsm["both_scores"], rtol=1e-3, atol=1e-4)

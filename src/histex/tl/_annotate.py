@@ -36,19 +36,28 @@ def bin_table(sdata, table_key: str):
     return table
 
 
-def log_normalised(table, layer: str | None = None, columns: np.ndarray | None = None) -> np.ndarray:
-    """log1p of counts scaled to the median total per bin, dense ``(bins, genes)`` float32.
+def log_normalised(
+    table, layer: str | None = None, columns: np.ndarray | None = None, *, keep_sparse: bool = False
+) -> np.ndarray | sp.csr_matrix:
+    """log1p of counts scaled to the median total per bin, ``(bins, genes)`` float32, dense.
 
-    Totals are over all genes; with ``columns``, only those genes are made dense and returned.
+    Totals are over all genes; with ``columns``, only those genes are returned. With ``keep_sparse``, sparse counts
+    stay sparse (CSR; zeros stay zeros), so that a Visium HD table of every gene is never made dense.
     """
     x = table.layers[layer] if layer else table.X
     totals = np.asarray(x.sum(axis=1), dtype=np.float32).reshape(-1, 1)
     if columns is not None:
         x = x[:, columns]
+    target = float(np.median(totals[totals > 0])) if (totals > 0).any() else 1.0
+    scale = np.divide(target, totals, out=np.zeros_like(totals), where=totals > 0)
+    if keep_sparse and sp.issparse(x):
+        x = sp.csr_matrix(x, dtype=np.float32, copy=True)
+        x.data *= np.repeat(scale.ravel(), np.diff(x.indptr))
+        np.log1p(x.data, out=x.data)
+        return x
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
     x = x.astype(np.float32, copy=True)
-    target = float(np.median(totals[totals > 0])) if (totals > 0).any() else 1.0
-    np.divide(x * target, totals, out=x, where=totals > 0)
+    x *= scale
     return np.log1p(x, out=x)
 
 

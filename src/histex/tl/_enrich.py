@@ -90,7 +90,7 @@ def enrich(
     if n_markers < 1:
         raise ValueError(f"n_markers must be at least 1, got {n_markers}.")
 
-    log_expression = log_normalised(table, layer)
+    log_expression = log_normalised(table, layer, keep_sparse=True)  # a sparse HD table of every gene stays sparse
     markers = rank_markers(log_expression, groups, table.var_names, rank_method=rank_method)
     if method == "ora":
         results = _ora(markers, net, n_markers=n_markers, n_genes=table.n_vars, min_size=min_size)
@@ -150,7 +150,7 @@ def _groups(table, groupby: str) -> pd.Series:
     return groups.cat.rename_categories(lambda c: str(c))
 
 
-def rank_markers(log_expression: np.ndarray, groups: pd.Series, genes, *, rank_method: str = "t-test") -> pd.DataFrame:
+def rank_markers(log_expression, groups: pd.Series, genes, *, rank_method: str = "t-test") -> pd.DataFrame:
     """Every gene of every group against the rest (:func:`scanpy.tl.rank_genes_groups`), as a tidy DataFrame.
 
     Columns ``group``, ``gene``, ``score``, ``logfoldchange``, ``padj``, best genes of each group first.
@@ -257,9 +257,18 @@ def _tidy(
     return results[["group", "term", "score", "padj", "n_genes", "rank", "genes"]].reset_index(drop=True)
 
 
-def _bin_scores(log_expression: np.ndarray, obs_names, genes, net: pd.DataFrame, *, min_size: int) -> pd.DataFrame:
+def _bin_scores(log_expression, obs_names, genes, net: pd.DataFrame, *, min_size: int) -> pd.DataFrame:
     """ULM t-value of every bin and gene set; NaN for bins without expression."""
+    import anndata as ad
     import decoupler as dc
+    import scipy.sparse as sp
 
-    score, _ = dc.mt.ulm([log_expression, np.asarray(obs_names), np.asarray(genes)], net, tmin=min_size)
+    names, genes = np.asarray(obs_names).astype(str), np.asarray(genes).astype(str)
+    if sp.issparse(log_expression):
+        # decoupler densifies sparse data batch by batch (float64): keep a batch near 1 GB whatever the gene count.
+        holder = ad.AnnData(log_expression, obs=pd.DataFrame(index=names), var=pd.DataFrame(index=genes))
+        repaired = dc.mt.ulm(holder, net, tmin=min_size, bsize=max(1_000, 125_000_000 // len(genes)))
+        score = (repaired if repaired is not None else holder).obsm["score_ulm"]
+    else:
+        score, _ = dc.mt.ulm([log_expression, names, genes], net, tmin=min_size)
     return score.reindex(index=pd.Index(obs_names).astype(str)).astype(np.float32).set_axis(obs_names, axis=0)
