@@ -32,6 +32,10 @@ def test_genes_plot_has_panels_titles_and_pixels(resolved, tmp_path):
     images = [ax.get_images()[0] for ax in panels if ax.get_images()]
     assert images[0].get_clim() == images[1].get_clim()
     assert panels[1].collections[0].get_clim() == images[0].get_clim()
+    # the H&E lies beneath every panel, read once, with the maps drawn over it at alpha 0.8
+    beneath = [ax.child_axes[0].get_images()[0].get_array() for ax in panels]
+    assert all(np.array_equal(b, beneath[0]) for b in beneath) and beneath[0].shape[2] == 3
+    assert images[0].get_alpha() == 0.8 and panels[1].collections[0].get_alpha() == 0.8
     fig.canvas.draw()
     pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3]
     assert pixels.std() > 20  # not blank
@@ -42,8 +46,11 @@ def test_genes_plot_has_panels_titles_and_pixels(resolved, tmp_path):
 
 
 def test_genes_plot_without_truth_or_spots(resolved):
-    fig = hx.pl.genes(resolved, "Str_01", spots=False)
+    fig = hx.pl.genes(resolved, "Str_01", spots=False, image=False)
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["Str_01: super-resolution"]
+    assert not fig.axes[0].child_axes and fig.axes[0].get_images()[0].get_alpha() == 1.0
+    with pytest.raises(ValueError, match="alpha must be between 0 and 1"):
+        hx.pl.genes(resolved, "Str_01", alpha=2)
     with pytest.raises(ValueError, match="not in table"):
         hx.pl.genes(resolved, ["NOPE"])
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from histex.pl._underlay import draw_underlay, underlay
+
 
 def raster(table, values: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Place per-bin values on the bin grid by ``obs["array_row"]``/``obs["array_col"]``; NaN where no bin is."""
@@ -29,14 +31,18 @@ def genes(
     table_key: str = "histex",
     truth_key: str | None = None,
     spots: bool = True,
+    image: bool = True,
+    image_key: str | None = None,
+    alpha: float = 0.8,
     cmap: str = "viridis",
     panel_size: float = 3.2,
     save: str | None = None,
 ):
-    """Plot genes as measured by the spots, as super-resolved on bins, and as ground truth when given.
+    """Plot genes as measured by the spots, as super-resolved on bins, and as ground truth when given, over the H&E.
 
     One row per gene, one colour scale per row (counts per 8 µm bin; spots are shown as counts per bin too, their
-    counts divided by the number of bins in a spot), so that the panels compare directly.
+    counts divided by the number of bins in a spot), so that the panels compare directly. The H&E is read once, at
+    about one pixel per bin (see :func:`histex.pl.domains`), and drawn beneath every panel.
 
     Parameters
     ----------
@@ -51,6 +57,12 @@ def genes(
         ``"truth"`` of :func:`histex.datasets.toy`.
     spots
         Show the measured spots.
+    image
+        Draw the H&E beneath the maps (when one is found; else the maps are drawn alone and the reason logged).
+    image_key
+        The H&E image; by default the one :func:`histex.tl.super_resolve` read.
+    alpha
+        Opacity of the maps over the H&E.
     cmap
         Matplotlib colour map.
     panel_size
@@ -73,6 +85,10 @@ def genes(
     missing = [g for g in genes if g not in table.var_names]
     if missing:
         raise ValueError(f"Gene(s) {missing} are not in table {table_key!r}.")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be between 0 and 1, got {alpha!r}.")
+    beneath = underlay(sdata, table, table_key, image_key) if image else None
+    opacity = alpha if beneath is not None else 1.0
     meta = table.uns["histex"]["data"]
     shape = tuple(int(v) for v in meta["grid_shape"])
     truth = sdata.tables[truth_key] if truth_key is not None else None
@@ -101,7 +117,7 @@ def genes(
             if title == "spots":
                 values = _column(sp.table, gene) / per_spot
                 patches = [Circle((x, y), radius) for x, y in centres]
-                coll = PatchCollection(patches, cmap=cmap, linewidths=0)
+                coll = PatchCollection(patches, cmap=cmap, linewidths=0, alpha=opacity)
                 coll.set_array(values)
                 coll.set_clim(0, vmax)
                 ax.add_collection(coll)
@@ -109,7 +125,9 @@ def genes(
                 ax.set_ylim(shape[0] - 0.5, -0.5)
                 ax.set_aspect("equal")
             else:
-                im = ax.imshow(panels[title], cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+                im = ax.imshow(panels[title], cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest", alpha=opacity)
+            if beneath is not None:
+                draw_underlay(ax, *beneath)
             ax.set_title(f"{gene}: {title}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])

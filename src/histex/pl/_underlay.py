@@ -35,7 +35,7 @@ def _locate_image(sdata, table, table_key: str, image_key: str | None):
         try:
             key = _sdata.find_image_key(sdata)
         except ValueError as err:
-            logger.info("Domains of %r drawn without the H&E: %s", table_key, err)
+            logger.info("Bins of %r drawn without the H&E: %s", table_key, err)
             return None
     try:
         if meta and str(meta["image_key"]) == key:
@@ -46,7 +46,7 @@ def _locate_image(sdata, table, table_key: str, image_key: str | None):
     except ValueError as err:
         if image_key is not None:
             raise ValueError(f"Cannot place the bins of table {table_key!r} on image {key!r}: {err}") from err
-        logger.warning("Domains of %r drawn without the H&E: cannot place the bins on %r: %s", table_key, key, err)
+        logger.warning("Bins of %r drawn without the H&E: cannot place them on %r: %s", table_key, key, err)
         return None
     return key, affine
 
@@ -161,7 +161,7 @@ def _as_rgb(pixels: np.ndarray) -> np.ndarray:
 
 def underlay(sdata, table, table_key: str, image_key: str | None):
     """The crop of the H&E under the bins, the full-resolution pixel box it covers and the 3 x 3 affine from those
-    pixels to bin coordinates; None when the domains are drawn alone."""
+    pixels to bin coordinates; None when the bins are drawn alone."""
     placed = _locate_image(sdata, table, table_key, image_key)
     if placed is None:
         return None
@@ -177,7 +177,7 @@ def underlay(sdata, table, table_key: str, image_key: str | None):
     if crop is None:
         if image_key is not None:
             raise ValueError(f"The bins of table {table_key!r} lie outside image {key!r}.")
-        logger.warning("The bins of %r lie outside image %r; the domains are drawn without it.", table_key, key)
+        logger.warning("The bins of %r lie outside image %r; they are drawn without it.", table_key, key)
         return None
     return crop[0], crop[1], np.linalg.inv(affine)
 
