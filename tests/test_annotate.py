@@ -3,11 +3,13 @@
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from conftest import compartment_markers
 from sklearn.metrics import adjusted_rand_score
 
 import histex as hx
 from histex import domains as dm
+from histex.tl._annotate import expression_pcs
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +124,33 @@ def test_bad_input_leaves_the_table_unchanged(toy):
     with pytest.raises(ValueError, match="no obsm\\['X_histex'\\]"):
         hx.tl.annotate(sdata, "truth", use="embedding", key_added="bad")
     assert (set(truth.obs.columns), set(truth.obsm), set(truth.uns)) == before
+
+
+def test_sparse_counts_give_the_domains_of_dense_ones(toy):
+    sdata, markers = toy
+    truth = sdata.tables["truth"]
+    assert sp.issparse(truth.X)  # as a Visium HD table; it is never made dense whole
+    dense = truth.copy()
+    dense.X = truth.X.toarray()
+    sdata.tables["dense"] = dense
+    try:
+        for name in ("truth", "dense"):
+            hx.tl.annotate(sdata, name, n_domains=6, use="expression", markers=markers, key_added="both")
+    finally:
+        del sdata.tables["dense"]
+    assert adjusted_rand_score(truth.obs["both"], dense.obs["both"]) == 1.0
+    assert (truth.obs["both_label"] == dense.obs["both_label"]).all()
+
+
+def test_expression_pcs_keep_the_most_variable_genes_sparse_or_dense():
+    rng = np.random.default_rng(0)
+    x = rng.poisson(0.3, size=(500, 50)).astype(np.float32)
+    x[:250, :3] += 4  # three genes vary most: half the bins express them
+    x = np.log1p(x)
+    dense = expression_pcs(x.copy(), 2, n_top_genes=3)
+    sparse = expression_pcs(sp.csr_matrix(x), 2, n_top_genes=3)
+    three = expression_pcs(x[:, :3].copy(), 2)
+    for k in range(2):
+        assert abs(np.corrcoef(dense[:, k], sparse[:, k])[0, 1]) > 0.9999
+    np.testing.assert_allclose(np.abs(dense), np.abs(three), atol=1e-4)  # the same as the three genes alone
+    assert abs(np.corrcoef(dense[:, 0], np.arange(500) < 250)[0, 1]) > 0.95  # PC 1 splits them off: measured 0.985

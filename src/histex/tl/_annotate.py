@@ -61,17 +61,38 @@ def log_normalised(
     return np.log1p(x, out=x)
 
 
-def _representation(table, use: str, log_expression: np.ndarray | None, n_pcs: int) -> np.ndarray:
-    """The embedding, or principal components of the scaled ``log_expression`` (which is scaled in place)."""
+def _representation(table, use: str, log_expression, n_pcs: int, n_top_genes: int | None) -> np.ndarray:
+    """The embedding, or principal components of ``log_expression`` (dense: scaled in place)."""
     if use == "embedding":
         return np.asarray(table.obsm["X_histex"], dtype=np.float32)
+    return expression_pcs(log_expression, n_pcs, n_top_genes=n_top_genes)
+
+
+def expression_pcs(x, n_pcs: int, *, n_top_genes: int | None = None) -> np.ndarray:
+    """Principal components of bins x genes log expression, every gene scaled to unit variance.
+
+    With ``n_top_genes``, only the genes of highest variance are used. Sparse input stays sparse: the genes are scaled
+    as columns and the centring is left implicit (ARPACK), so a table of every gene is never made dense. Dense
+    input is centred and scaled in place.
+    """
     from sklearn.decomposition import PCA
 
-    x = log_expression
-    x -= x.mean(axis=0)
-    std = x.std(axis=0)
-    x /= np.where(std > 0, std, 1)
-    n = min(n_pcs, x.shape[1], x.shape[0] - 1)
+    mean = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
+    if sp.issparse(x):
+        var = np.asarray(x.multiply(x).mean(axis=0), dtype=np.float64).ravel() - mean**2
+    else:
+        var = x.var(axis=0, dtype=np.float64)
+    if n_top_genes is not None and x.shape[1] > n_top_genes:
+        keep = np.sort(np.argsort(-var, kind="stable")[:n_top_genes])
+        x, mean, var = x[:, keep], mean[keep], var[keep]
+    std = np.sqrt(np.clip(var, 0, None))
+    std[std == 0] = 1
+    n = min(n_pcs, x.shape[1] - (1 if sp.issparse(x) else 0), x.shape[0] - 1)  # ARPACK needs fewer than all
+    if sp.issparse(x):
+        scaled = sp.csr_matrix(x @ sp.diags((1 / std).astype(np.float32)), dtype=np.float32)
+        return PCA(n, svd_solver="arpack", random_state=0).fit_transform(scaled).astype(np.float32)
+    x -= mean.astype(np.float32)
+    x /= std.astype(np.float32)
     return PCA(n, random_state=0).fit_transform(x).astype(np.float32)
 
 
@@ -99,6 +120,7 @@ def annotate(
     boundary: bool = False,
     layer: str | None = None,
     n_pcs: int = 30,
+    n_top_genes: int | None = 2000,
     seed: int = 0,
     key_added: str = "domain",
 ) -> None:
@@ -138,6 +160,9 @@ def annotate(
         Layer with the counts for ``use="expression"`` and the marker scores; default ``X``.
     n_pcs
         Principal components for ``use="expression"``.
+    n_top_genes
+        For ``use="expression"``, the principal components use the genes of highest variance of the log-normalised
+        expression, this many; ``None``: all. Sparse counts (a Visium HD table of every gene) stay sparse.
     seed
         Seed of the clustering.
     key_added
@@ -164,7 +189,7 @@ def annotate(
     rows = table.obs["array_row"].to_numpy().astype(np.int64)
     cols = table.obs["array_col"].to_numpy().astype(np.int64)
     # Log-normalise once: the expression representation needs every gene, the marker scores only the markers.
-    log_expression = log_normalised(table, layer) if use == "expression" else None
+    log_expression = log_normalised(table, layer, keep_sparse=True) if use == "expression" else None
     if marker_idx is not None:
         marker_cols = np.unique(np.concatenate(list(marker_idx.values())))
         marker_log = (
@@ -172,8 +197,9 @@ def annotate(
             if log_expression is not None
             else log_normalised(table, layer, columns=marker_cols)
         )
+        marker_log = marker_log.toarray() if sp.issparse(marker_log) else marker_log
         scores = dm.marker_scores(marker_log, {k: np.searchsorted(marker_cols, v) for k, v in marker_idx.items()})
-    values = dm.smooth_on_grid(_representation(table, use, log_expression, n_pcs), rows, cols, smooth)
+    values = dm.smooth_on_grid(_representation(table, use, log_expression, n_pcs, n_top_genes), rows, cols, smooth)
     if method == "kmeans":
         domains = dm.kmeans_domains(values, n_domains, seed=seed)
     else:
@@ -189,6 +215,7 @@ def annotate(
         "smooth": smooth,
         "seed": seed,
         "layer": layer or "X",
+        "n_top_genes": n_top_genes if use == "expression" else None,
     }
     bin_labels = domains.astype(str)
     if marker_idx is not None:
