@@ -150,3 +150,23 @@ def test_sparse_counts_stay_sparse_and_give_the_dense_results(labelled):
         del sdata.tables["truth_dense"]
     pd.testing.assert_frame_equal(from_sparse, from_dense, rtol=1e-4)
     np.testing.assert_allclose(truth.obsm["both_scores"], dense.obsm["both_scores"], rtol=1e-3, atol=1e-4)
+
+
+def test_per_bin_ulm_equals_decouplers_on_dense_and_sparse_counts():
+    import decoupler as dc
+
+    rng = np.random.default_rng(0)
+    x = np.log1p(rng.poisson(0.5, size=(2000, 300)).astype(np.float32))
+    x[:1000, :20] += 1
+    x[:5] = 0  # bins without expression: decoupler leaves them out, here they score NaN
+    x[:, 7] = 0  # a gene without counts: decoupler leaves it out of the model
+    genes = [f"g{i}" for i in range(300)]
+    sets = {"a": genes[:20], "b": genes[5:40], "c": [*genes[100:130], "g7"]}
+    names = [str(i) for i in range(2000)]
+    expected, _ = dc.mt.ulm(pd.DataFrame(x, index=names, columns=genes), gs.as_network(sets), tmin=3)
+    expected = expected.reindex(index=names)[list(sets)].to_numpy()
+    assert np.isnan(expected[:5]).all() and np.isfinite(expected[5:]).all()
+    np.testing.assert_allclose(gs.ulm_scores(x, genes, sets), expected, rtol=1e-10, equal_nan=True)
+    sparse = gs.ulm_scores(sp.csr_matrix(x), genes, sets)  # float32 products: t-values within 1e-5
+    np.testing.assert_allclose(sparse, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert np.nanmean(expected[5:1000, 0]) > np.nanmean(expected[1000:, 0]) + 5  # the planted set scores

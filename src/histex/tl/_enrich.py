@@ -37,7 +37,8 @@ def enrich(
     ``n_markers`` best significant up-regulated genes are tested for over-representation in each gene set
     (``method="ora"``, Fisher's exact test against the genes of the table), or its marker statistics are scored
     against each set (``"ulm"``, ``"mlm"``, ``"zscore"``). Every bin gets a univariate linear model score (ULM
-    t-value) per set from its own expression, which is fast enough for millions of bins.
+    t-value, :func:`histex.gene_sets.ulm_scores`, the statistic of :func:`decoupler.mt.ulm` computed on the
+    non-zeros) per set from its own expression, fast enough for millions of bins; sparse counts stay sparse.
 
     Parameters
     ----------
@@ -99,7 +100,7 @@ def enrich(
     results = _tidy(results, markers, sets, order=list(groups.cat.categories))
     scores = None
     if bin_scores:
-        scores = _bin_scores(log_expression, table.obs_names, table.var_names, net, min_size=min_size)
+        scores = _bin_scores(log_expression, table.obs_names, table.var_names, sets)
     del log_expression
 
     # Everything is computed; now write.
@@ -257,18 +258,7 @@ def _tidy(
     return results[["group", "term", "score", "padj", "n_genes", "rank", "genes"]].reset_index(drop=True)
 
 
-def _bin_scores(log_expression, obs_names, genes, net: pd.DataFrame, *, min_size: int) -> pd.DataFrame:
+def _bin_scores(log_expression, obs_names, genes, sets: dict[str, list[str]]) -> pd.DataFrame:
     """ULM t-value of every bin and gene set; NaN for bins without expression."""
-    import anndata as ad
-    import decoupler as dc
-    import scipy.sparse as sp
-
-    names, genes = np.asarray(obs_names).astype(str), np.asarray(genes).astype(str)
-    if sp.issparse(log_expression):
-        # decoupler densifies sparse data batch by batch (float64): keep a batch near 1 GB whatever the gene count.
-        holder = ad.AnnData(log_expression, obs=pd.DataFrame(index=names), var=pd.DataFrame(index=genes))
-        repaired = dc.mt.ulm(holder, net, tmin=min_size, bsize=max(1_000, 125_000_000 // len(genes)))
-        score = (repaired if repaired is not None else holder).obsm["score_ulm"]
-    else:
-        score, _ = dc.mt.ulm([log_expression, names, genes], net, tmin=min_size)
-    return score.reindex(index=pd.Index(obs_names).astype(str)).astype(np.float32).set_axis(obs_names, axis=0)
+    scores = gs.ulm_scores(log_expression, list(genes), sets).astype(np.float32)
+    return pd.DataFrame(scores, index=obs_names, columns=list(sets))
