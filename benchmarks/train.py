@@ -1,0 +1,201 @@
+"""Time super-resolution of a whole Visium slide, stage by stage: the case the published code took 36 hours on.
+
+    python benchmarks/train.py [--out DIR] [--device cpu|cuda] [--epochs N] [--states N] [--estimate]
+
+The slide is the real spot lattice of ``../shared/data/visium_spaceranger_1.0.0`` (4,235 spots in tissue, their
+full-resolution pixel positions and spot diameter), with synthetic counts of 1,000 genes (smooth expression
+programmes drawn over the lattice) and 1,029 synthetic feature channels (a UNI-sized 1,024 plus five, as the published
+setting) on the full 8 µm bin grid of the slide. The tissue is every bin within a spot pitch of a spot in tissue.
+
+It runs the same functions ``histex.tl.super_resolve`` runs, with its default settings (variant ``"histex"``) unless
+told otherwise, and times each stage: the context points, the training set (features standardised with position
+channels, the token grid and the spot windows), one epoch of one state, all of training, the prediction of every
+in-tissue bin, and the write-back (counts per bin and the Visium HD-like shapes and table). With ``--estimate`` all of
+training is not run but estimated as one epoch x epochs x states. Prints a table and writes ``DIR/train.json``:
+``{"seconds": {stage: s}, "peak_rss_mb": .., "spots": .., "genes": .., "bins": .., "device": ..}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+
+from histex import geometry
+from histex.model.context import context_points, nearest_context
+from histex.model.features import standardise, with_position
+from histex.model.fit import FitConfig, Problem, _TokenGrid, _training_windows, bins_per_spot, predict, train
+from histex.model.targets import TargetScaler
+from histex.tl._super_resolve import VARIANTS
+
+SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "visium_spaceranger_1.0.0"
+SPOT_UM, PITCH_UM, BIN_UM = 55.0, 100.0, 8.0
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def slide_lattice(folder: Path) -> tuple[np.ndarray, float]:
+    """In-tissue spot centres ``(row, col)`` in full-resolution pixels and the pixel size in µm."""
+    positions = pd.read_csv(
+        folder / "spatial" / "tissue_positions_list.csv",
+        header=None,
+        names=["barcode", "in_tissue", "array_row", "array_col", "px_row", "px_col"],
+    )
+    positions = positions[positions["in_tissue"] == 1]
+    scale = json.loads((folder / "spatial" / "scalefactors_json.json").read_text())
+    mpp = SPOT_UM / float(scale["spot_diameter_fullres"])
+    return positions[["px_row", "px_col"]].to_numpy(float), mpp
+
+
+def synthetic_slide(n_genes: int, n_features: int, *, seed: int = 0):
+    """Spots in bin coordinates, the tissue mask and features on the bin grid, and counts of ``n_genes`` genes."""
+    rng = np.random.default_rng(seed)
+    spots_px, mpp = slide_lattice(SLIDE)
+    bin_px = BIN_UM / mpp
+    spot_rc = spots_px / bin_px
+    shape = tuple(int(np.ceil(v)) + 8 for v in spot_rc.max(axis=0))
+    rows, cols = np.indices(shape)
+    centres = np.stack([rows.ravel() + 0.5, cols.ravel() + 0.5], axis=1)
+    near, _ = cKDTree(spot_rc).query(centres, distance_upper_bound=PITCH_UM / BIN_UM)
+    tissue = np.isfinite(near).reshape(shape)
+    # Expression: 20 smooth programmes (random Fourier fields over the slide), each gene a mix of a few.
+    freq = rng.normal(scale=2 * np.pi / 60, size=(20, 2))  # wavelengths of about 60 bins (0.5 mm)
+    phase = rng.uniform(0, 2 * np.pi, 20)
+    programmes = np.exp(np.sin(spot_rc @ freq.T + phase))
+    loading = rng.gamma(0.3, size=(20, n_genes))
+    counts = rng.poisson(programmes @ loading).astype(np.float32)
+    features = rng.standard_normal((n_features, *shape), dtype=np.float32)
+    return spot_rc, tissue, features, counts, mpp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("train_bench"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--genes", type=int, default=1000)
+    parser.add_argument("--features", type=int, default=1029)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the histex variant's")
+    parser.add_argument("--states", type=int, default=5)
+    parser.add_argument("--estimate", action="store_true", help="estimate all of training from one epoch")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings = VARIANTS["histex"]
+    epochs = args.epochs or settings["epochs"]
+    seconds: dict[str, float] = {}
+
+    def stage(name: str, start: float) -> None:
+        seconds[name] = round(time.perf_counter() - start, 2)
+        print(f"  {name:<22s} {seconds[name]:10.2f} s   peak RSS {peak_rss_mb():8.0f} MiB", flush=True)
+
+    start = time.perf_counter()
+    spot_rc, tissue, features, counts, mpp = synthetic_slide(args.genes, args.features)
+    print(
+        f"{len(spot_rc)} spots, {args.genes} genes, {args.features} features on {tissue.shape[0]} x {tissue.shape[1]} "
+        f"bins ({int(tissue.sum()):,} in tissue), {mpp:.3f} µm/px; device {args.device}"
+    )
+    stage("synthetic slide", start)
+
+    start = time.perf_counter()
+    scaler = TargetScaler.fit(counts, settings["targets"])
+    y = scaler.transform(counts)
+    context = context_points(spot_rc, y, pitch=PITCH_UM / BIN_UM)
+    nearest_context(context, spot_rc, 5, exclude_spots=np.arange(len(spot_rc)))
+    stage("context points", start)
+
+    start = time.perf_counter()
+    problem = Problem(
+        features=standardise(with_position(features), tissue),
+        tissue=tissue,
+        spot_rc=spot_rc,
+        radius_bins=SPOT_UM / 2 / BIN_UM,
+        targets=y,
+        context=context,
+    )
+    del features
+    window = geometry.window_size(problem.radius_bins)
+    config = FitConfig(
+        use_context=True,
+        epochs=epochs,
+        n_states=args.states,
+        window=window,
+        stride=min(settings["stride"], window),
+        context_dropout=settings["context_dropout"],
+        nonlinear=settings["nonlinear"],
+        carry_context=settings["carry_context"],
+        context_skip=settings["context_skip"],
+        fusion_dropout=settings["fusion_dropout"],
+        hidden=tuple(settings["hidden"]),
+        device=args.device,
+        show_progress=False,
+    )
+    _TokenGrid(problem.features, window, config.device)
+    _training_windows(problem, window)
+    stage("training set", start)
+
+    start = time.perf_counter()
+    models, _ = train(problem, replace(config, epochs=1, n_states=1))
+    stage("one epoch", start)
+
+    if args.estimate:
+        seconds["training"] = round(seconds["one epoch"] * epochs * args.states, 1)
+        print(f"  {'training (estimated)':<22s} {seconds['training']:10.1f} s = one epoch x {epochs} x {args.states}")
+        models = models * args.states  # untrained copies: prediction costs the same
+    else:
+        start = time.perf_counter()
+        models, _ = train(problem, config)
+        stage("training", start)
+
+    start = time.perf_counter()
+    pred = predict(models, problem, config)
+    stage("prediction", start)
+
+    start = time.perf_counter()
+    write_back(pred, scaler, problem, window, mpp)
+    stage("write-back", start)
+
+    result = {
+        "seconds": seconds,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "spots": len(spot_rc),
+        "genes": args.genes,
+        "features": args.features,
+        "bins": int(tissue.sum()),
+        "grid": list(tissue.shape),
+        "epochs": epochs,
+        "states": args.states,
+        "training_estimated": bool(args.estimate),
+        "device": args.device,
+    }
+    (args.out / "train.json").write_text(json.dumps(result, indent=2))
+    print(f"peak RSS {result['peak_rss_mb']:.0f} MiB; wrote {args.out / 'train.json'}")
+
+
+def write_back(pred, scaler, problem, window, mpp):
+    """Counts per bin and the bins' shapes and table, as ``super_resolve`` writes them (on a stand-in image)."""
+    import dask.array as da
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel
+
+    from histex.tl._super_resolve import _bins_output
+
+    per_spot = bins_per_spot(problem, window)
+    expression = scaler.to_counts_per_bin(pred.mean, per_spot)
+    spread = scaler.spread_to_counts_per_bin(pred.spread, pred.mean, per_spot)
+    image = Image2DModel.parse(da.zeros((3, 8, 8), dtype=np.uint8), dims=("c", "y", "x"))
+    sdata = SpatialData(images={"slide": image})
+    grid = geometry.BinGrid(bin_px=BIN_UM / mpp, n_rows=problem.tissue.shape[0], n_cols=problem.tissue.shape[1])
+    genes = [f"G{j:04d}" for j in range(expression.shape[1])]
+    return _bins_output(sdata, "slide", grid, pred, expression, spread, genes, "histex", {"params": {}})
+
+
+if __name__ == "__main__":
+    main()
