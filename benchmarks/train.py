@@ -31,9 +31,9 @@ from scipy.spatial import cKDTree
 from histex import geometry
 from histex.model.context import context_points, nearest_context
 from histex.model.features import standardise, with_position
-from histex.model.fit import FitConfig, Problem, _TokenGrid, _training_windows, bins_per_spot, predict, train
+from histex.model.fit import Problem, _TokenGrid, _training_windows, bins_per_spot, predict, train
 from histex.model.targets import TargetScaler
-from histex.tl._super_resolve import VARIANTS
+from histex.tl._super_resolve import VARIANTS, fit_config
 
 SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "visium_spaceranger_1.0.0"
 SPOT_UM, PITCH_UM, BIN_UM = 55.0, 100.0, 8.0
@@ -122,20 +122,8 @@ def main() -> None:
     )
     del features
     window = geometry.window_size(problem.radius_bins)
-    config = FitConfig(
-        use_context=True,
-        epochs=epochs,
-        n_states=args.states,
-        window=window,
-        stride=min(settings["stride"], window),
-        context_dropout=settings["context_dropout"],
-        nonlinear=settings["nonlinear"],
-        carry_context=settings["carry_context"],
-        context_skip=settings["context_skip"],
-        fusion_dropout=settings["fusion_dropout"],
-        hidden=tuple(settings["hidden"]),
-        device=args.device,
-        show_progress=False,
+    config = fit_config(
+        {**settings, "epochs": epochs}, window=window, n_states=args.states, device=args.device, show_progress=False
     )
     _TokenGrid(problem.features, window, config.device)
     _training_windows(problem, window)

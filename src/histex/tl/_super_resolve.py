@@ -244,21 +244,13 @@ def super_resolve(
         context=context,
     )
     window = geometry.window_size(problem.radius_bins)
-    config = FitConfig(
-        use_context=settings["use_context"],
-        epochs=settings["epochs"],
+    config = fit_config(
+        settings,
+        window=window,
         n_states=n_states,
         batch_size=batch_size,
         lr=lr,
         k_context=k_context,
-        window=window,
-        stride=min(settings["stride"], window),
-        context_dropout=settings["context_dropout"],
-        nonlinear=settings["nonlinear"],
-        carry_context=settings["carry_context"],
-        context_skip=settings["context_skip"],
-        fusion_dropout=settings["fusion_dropout"],
-        hidden=tuple(settings["hidden"]),
         seed=seed,
         device=torch_device,
         show_progress=show_progress,
@@ -415,6 +407,23 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[package] = "unknown"
     return out
+
+
+def fit_config(settings: dict, *, window: int, **overrides) -> FitConfig:
+    """The network and training settings of a variant (``VARIANTS[name]``, overrides applied) as a FitConfig."""
+    return FitConfig(
+        use_context=settings["use_context"],
+        epochs=settings["epochs"],
+        window=window,
+        stride=min(settings["stride"], window),
+        context_dropout=settings["context_dropout"],
+        nonlinear=settings["nonlinear"],
+        carry_context=settings["carry_context"],
+        context_skip=settings["context_skip"],
+        fusion_dropout=settings["fusion_dropout"],
+        hidden=tuple(settings["hidden"]),
+        **overrides,
+    )
 
 
 def _bins_output(sdata, image_key, grid, pred, expression, spread, gene_names, key_added, meta):
