@@ -30,7 +30,7 @@ from scipy.spatial import cKDTree
 
 from histex import geometry
 from histex.model.context import context_points, nearest_context
-from histex.model.features import standardise, with_position
+from histex.model.features import standardised_with_position
 from histex.model.fit import Problem, _TokenGrid, _training_windows, bins_per_spot, predict, train
 from histex.model.targets import TargetScaler
 from histex.tl._super_resolve import VARIANTS, fit_config
@@ -113,7 +113,7 @@ def main() -> None:
 
     start = time.perf_counter()
     problem = Problem(
-        features=standardise(with_position(features), tissue),
+        features=standardised_with_position(features, tissue),
         tissue=tissue,
         spot_rc=spot_rc,
         radius_bins=SPOT_UM / 2 / BIN_UM,

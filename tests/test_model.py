@@ -182,3 +182,25 @@ def test_cuda_request_without_cuda_is_an_error():
 
     with pytest.raises(ValueError, match="no CUDA device"):
         resolve_device("cuda")
+
+
+def test_features_are_standardised_over_tissue_in_one_copy():
+    import dask.array as da
+
+    from histex.model.features import positions, standardise, standardised_with_position, with_position
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(3, 2, size=(6, 40, 50)).astype(np.float32)
+    features[2] = 7.0  # a constant channel is only centred
+    tissue = rng.random((40, 50)) > 0.4
+    out = standardised_with_position(features, tissue)
+    assert out.shape == (8, 40, 50) and out.dtype == np.float32
+    np.testing.assert_allclose(out, standardise(with_position(features), tissue), atol=1e-6)
+    inside = out[:, tissue]
+    np.testing.assert_allclose(inside.mean(axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(np.delete(inside.std(axis=1), 2), 1, atol=1e-5)
+    assert np.all(out[2] == 0)
+    # the last two channels are the standardised bin positions, row then column
+    assert np.corrcoef(out[6].ravel(), positions((40, 50))[0].ravel())[0, 1] > 0.999
+    lazy = standardised_with_position(da.from_array(features, chunks=(1, 40, 50)), tissue)
+    np.testing.assert_array_equal(lazy, out)

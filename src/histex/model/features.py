@@ -5,17 +5,47 @@ from __future__ import annotations
 import numpy as np
 
 
+def positions(shape: tuple[int, int]) -> np.ndarray:
+    """The normalised position of each bin, ``(2, rows, cols)``: row / rows and col / cols of its centre."""
+    rows, cols = shape
+    r, c = np.meshgrid((np.arange(rows) + 0.5) / rows, (np.arange(cols) + 0.5) / cols, indexing="ij")
+    return np.stack([r, c]).astype(np.float32)
+
+
 def with_position(features: np.ndarray) -> np.ndarray:
     """Append the normalised position of each bin (row / rows, col / cols) as two channels."""
-    _, rows, cols = features.shape
-    r, c = np.meshgrid((np.arange(rows) + 0.5) / rows, (np.arange(cols) + 0.5) / cols, indexing="ij")
-    return np.concatenate([features, r[None], c[None]], axis=0).astype(np.float32)
+    return np.concatenate([features, positions(features.shape[1:])], axis=0).astype(np.float32)
 
 
 def standardise(features: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     """Zero mean and unit variance per channel over the in-tissue bins (constant channels are only centred)."""
-    values = features[:, tissue]
-    mean = values.mean(axis=1)
-    std = values.std(axis=1)
-    std = np.where(std > 1e-8, std, 1.0)
-    return ((features - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
+    out = np.empty(features.shape, dtype=np.float32)
+    for i in range(len(features)):
+        _standardise_into(out[i], features[i], tissue)
+    return out
+
+
+def standardised_with_position(features, tissue: np.ndarray) -> np.ndarray:
+    """``standardise(with_position(features), tissue)`` in one pass, one channel at a time.
+
+    The result is the only full copy made: a whole slide's feature map (1,029 channels on 800 x 800 bins is 2.6 GB)
+    is not concatenated, masked and rescaled in copies of itself. ``features`` may be lazy (dask), read a channel
+    at a time.
+    """
+    n, rows, cols = features.shape
+    out = np.empty((n + 2, rows, cols), dtype=np.float32)
+    for i in range(n):
+        _standardise_into(out[i], np.asarray(features[i], dtype=np.float32), tissue)
+    position = positions((rows, cols))
+    for i in range(2):
+        _standardise_into(out[n + i], position[i], tissue)
+    return out
+
+
+def _standardise_into(out: np.ndarray, channel: np.ndarray, tissue: np.ndarray) -> None:
+    values = channel[tissue].astype(np.float64)
+    mean = values.mean()
+    std = values.std()
+    np.subtract(channel, np.float32(mean), out=out)
+    if std > 1e-8:
+        out /= np.float32(std)

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from histex import _sdata, geometry
 from histex.model import FitConfig, Problem, TargetScaler, context_points, predict, train
-from histex.model.features import standardise, with_position
+from histex.model.features import standardised_with_position
 from histex.model.fit import bins_per_spot, default_batch_size, resolve_device
 from histex.pp._features import read_features
 
@@ -236,7 +236,7 @@ def super_resolve(
     context = context_points(spot_rc, y, pitch=section.pitch_px / grid.bin_px) if settings["use_context"] else None
     lap("context")
     problem = Problem(
-        features=standardise(with_position(feats.data), feats.tissue),
+        features=standardised_with_position(feats.data, feats.tissue),
         tissue=feats.tissue,
         spot_rc=spot_rc,
         radius_bins=spot_diameter_um / 2 / bin_size_um,
