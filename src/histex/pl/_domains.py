@@ -7,7 +7,7 @@ import logging
 import numpy as np
 
 from histex.pl._genes import raster
-from histex.pl._underlay import draw_underlay, underlay
+from histex.pl._underlay import check_alpha, draw_underlay, underlay
 
 logger = logging.getLogger("histex")
 
@@ -79,8 +79,7 @@ def domains(
     column = f"{key}_label" if labels and f"{key}_label" in table.obs else key
     if column not in table.obs:
         raise ValueError(f"Table {table_key!r} has no obs[{column!r}]; run histex.tl.annotate(key_added={key!r}).")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be between 0 and 1, got {alpha!r}.")
+    check_alpha(alpha)
     # Read the image before drawing anything, so that a wrong image_key fails fast.
     beneath = underlay(sdata, table, table_key, image_key) if image else None
     values = table.obs[column].astype("category")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from histex.pl._underlay import draw_underlay, underlay
+from histex.pl._underlay import check_alpha, draw_underlay, underlay
 
 
 def raster(table, values: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -17,6 +17,15 @@ def raster(table, values: np.ndarray, shape: tuple[int, int] | None = None) -> n
     keep = (rows < shape[0]) & (cols < shape[1])
     out[rows[keep], cols[keep]] = np.asarray(values, dtype=np.float32)[keep]
     return out
+
+
+def _genes_in(table, genes: str | list[str], table_key: str) -> list[str]:
+    """The genes as a list, checked to be in the table."""
+    genes = [genes] if isinstance(genes, str) else list(genes)
+    missing = [g for g in genes if g not in table.var_names]
+    if missing:
+        raise ValueError(f"Gene(s) {missing} are not in table {table_key!r}.")
+    return genes
 
 
 def _column(table, gene: str, layer: str | None = None) -> np.ndarray:
@@ -80,13 +89,9 @@ def genes(
 
     from histex import _sdata
 
-    genes = [genes] if isinstance(genes, str) else list(genes)
     table = sdata.tables[table_key]
-    missing = [g for g in genes if g not in table.var_names]
-    if missing:
-        raise ValueError(f"Gene(s) {missing} are not in table {table_key!r}.")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be between 0 and 1, got {alpha!r}.")
+    genes = _genes_in(table, genes, table_key)
+    check_alpha(alpha)
     beneath = underlay(sdata, table, table_key, image_key) if image else None
     opacity = alpha if beneath is not None else 1.0
     meta = table.uns["histex"]["data"]
@@ -172,13 +177,10 @@ def uncertainty(
     """
     import matplotlib.pyplot as plt
 
-    genes = [genes] if isinstance(genes, str) else list(genes)
     table = sdata.tables[table_key]
     if "std" not in table.layers:
         raise ValueError(f"Table {table_key!r} has no layers['std'] (the ensemble spread of super_resolve).")
-    missing = [g for g in genes if g not in table.var_names]
-    if missing:
-        raise ValueError(f"Gene(s) {missing} are not in table {table_key!r}.")
+    genes = _genes_in(table, genes, table_key)
     fig, axes = plt.subplots(len(genes), 2, figsize=(panel_size * 2, panel_size * len(genes)), squeeze=False)
     for i, gene in enumerate(genes):
         panels = {"prediction": _column(table, gene), "ensemble std": _column(table, gene, "std")}

@@ -15,6 +15,11 @@ MIN_DRAWN_PX = 800
 MAX_FIT_BINS = 20_000
 
 
+def check_alpha(alpha: float) -> None:
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be between 0 and 1, got {alpha!r}.")
+
+
 def _histex_meta(table) -> dict:
     """Where :func:`histex.tl.super_resolve` laid its bins, or an empty dict for any other table."""
     meta = table.uns.get("histex", {})
