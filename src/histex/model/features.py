@@ -12,21 +12,11 @@ def positions(shape: tuple[int, int]) -> np.ndarray:
     return np.stack([r, c]).astype(np.float32)
 
 
-def with_position(features: np.ndarray) -> np.ndarray:
-    """Append the normalised position of each bin (row / rows, col / cols) as two channels."""
-    return np.concatenate([features, positions(features.shape[1:])], axis=0).astype(np.float32)
-
-
-def standardise(features: np.ndarray, tissue: np.ndarray) -> np.ndarray:
-    """Zero mean and unit variance per channel over the in-tissue bins (constant channels are only centred)."""
-    out = np.empty(features.shape, dtype=np.float32)
-    for i in range(len(features)):
-        _standardise_into(out[i], features[i], tissue)
-    return out
-
-
 def standardised_with_position(features, tissue: np.ndarray) -> np.ndarray:
-    """``standardise(with_position(features), tissue)`` in one pass, one channel at a time.
+    """The features and the bins' positions (:func:`positions`) as channels, each standardised over the tissue bins.
+
+    Zero mean and unit variance per channel over the in-tissue bins (constant channels are only centred), in one
+    pass, one channel at a time.
 
     The result is the only full copy made: a whole slide's feature map (1,029 channels on 800 x 800 bins is 2.6 GB)
     is not concatenated, masked and rescaled in copies of itself. ``features`` may be lazy (dask), read a channel

@@ -94,7 +94,7 @@ def enrich(
     log_expression = log_normalised(table, layer, keep_sparse=True)  # a sparse HD table of every gene stays sparse
     markers = rank_markers(log_expression, groups, table.var_names, rank_method=rank_method)
     if method == "ora":
-        results = _ora(markers, net, n_markers=n_markers, n_genes=table.n_vars, min_size=min_size)
+        results = _ora(markers, net, n_markers=n_markers, min_size=min_size)
     else:
         results = _stat_method(markers, net, method=method, min_size=min_size)
     results = _tidy(results, markers, sets, order=list(groups.cat.categories))
@@ -189,7 +189,7 @@ def _decoupler_n_up(n_selected: int, n_genes: int) -> int:
     return n_genes - n_selected if Version(version("decoupler")) <= Version("2.2.0") else n_selected
 
 
-def _ora(markers: pd.DataFrame, net: pd.DataFrame, *, n_markers: int, n_genes: int, min_size: int) -> pd.DataFrame:
+def _ora(markers: pd.DataFrame, net: pd.DataFrame, *, n_markers: int, min_size: int) -> pd.DataFrame:
     """decoupler's ORA of each group's significant up-regulated markers; ``group, term, score, padj`` rows."""
     import decoupler as dc
 
