@@ -45,14 +45,37 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def planted_domains(side: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows and columns of a side x side grid, and each bin's domain: the nearest of eight random seeds."""
+    rows, cols = np.divmod(np.arange(side * side), side)
+    seeds = rng.uniform(0, side, size=(N_DOMAINS, 2))
+    domain = np.zeros(rows.size, np.int64)
+    best = np.full(rows.size, np.inf)
+    for k, (r, c) in enumerate(seeds):  # one seed at a time: no bins x seeds matrix
+        d2 = (rows - r) ** 2 + (cols - c) ** 2
+        domain[d2 < best] = k
+        np.minimum(best, d2, out=best)
+    return rows, cols, domain
+
+
+def bin_obs(rows: np.ndarray, cols: np.ndarray, domain: np.ndarray, region: str) -> pd.DataFrame:
+    """The obs of a bin table: grid position, region and instance, and the planted domain."""
+    return pd.DataFrame(
+        {
+            "array_row": rows,
+            "array_col": cols,
+            "region": pd.Categorical([region] * rows.size),
+            "instance_id": np.arange(rows.size),
+            "planted": pd.Categorical(domain.astype(str)),
+        },
+        index=pd.RangeIndex(rows.size).astype(str),
+    )
+
+
 def planted_section(side: int, n_genes: int, *, seed: int = 0) -> tuple[SpatialData, dict[str, list[str]]]:
     """A bin table with planted domains (nearest of eight seeds, so irregular convex regions), its spots and H&E."""
     rng = np.random.default_rng(seed)
-    rows, cols = np.divmod(np.arange(side * side), side)
-    seeds = rng.uniform(0, side, size=(N_DOMAINS, 2))
-    d2 = (rows[:, None] - seeds[:, 0]) ** 2 + (cols[:, None] - seeds[:, 1]) ** 2
-    domain = d2.argmin(axis=1)
-    del d2
+    rows, cols, domain = planted_domains(side, rng)
     genes = [f"G{j:04d}" for j in range(n_genes)]
     per_domain = n_genes // (N_DOMAINS + 2)  # the rest are expressed alike everywhere
     rate = np.full((N_DOMAINS, n_genes), 0.5, np.float32)
@@ -64,16 +87,7 @@ def planted_section(side: int, n_genes: int, *, seed: int = 0) -> tuple[SpatialD
     counts = rng.poisson(rate[domain]).astype(np.float32)
     embedding = rng.normal(size=(side * side, 64)).astype(np.float32)
     embedding[:, :N_DOMAINS] += 2 * np.eye(N_DOMAINS, dtype=np.float32)[domain]
-    obs = pd.DataFrame(
-        {
-            "array_row": rows,
-            "array_col": cols,
-            "region": pd.Categorical(["histex_bins"] * rows.size),
-            "instance_id": np.arange(rows.size),
-            "planted": pd.Categorical(domain.astype(str)),
-        },
-        index=pd.RangeIndex(rows.size).astype(str),
-    )
+    obs = bin_obs(rows, cols, domain, "histex_bins")
     bin_px = BIN_UM / MPP
     centres = np.column_stack([(cols + 0.5) * bin_px, (rows + 0.5) * bin_px])
     table = ad.AnnData(counts, obs=obs, var=pd.DataFrame(index=genes), obsm={"X_histex": embedding, "spatial": centres})
@@ -108,9 +122,7 @@ def hd_section(side: int, n_genes: int = 18_000, *, umis: int = 150, seed: int =
     """A sparse bin table of every gene, like a Visium HD one, with eight planted domains and their gene sets."""
     rng = np.random.default_rng(seed)
     n = side * side
-    rows, cols = np.divmod(np.arange(n), side)
-    seeds = rng.uniform(0, side, size=(N_DOMAINS, 2))
-    domain = ((rows[:, None] - seeds[:, 0]) ** 2 + (cols[:, None] - seeds[:, 1]) ** 2).argmin(axis=1)
+    rows, cols, domain = planted_domains(side, rng)
     weight = rng.pareto(1.2, n_genes) + 0.01  # a few genes take most of the counts, as in real data
     per_bin = rng.poisson(umis, n)
     background = rng.choice(n_genes, size=per_bin.sum(), p=weight / weight.sum()).astype(np.int32)
@@ -120,16 +132,7 @@ def hd_section(side: int, n_genes: int = 18_000, *, umis: int = 150, seed: int =
     counts = sp.csr_matrix((np.ones(owner.size, np.float32), (owner, genes_of)), shape=(n, n_genes))
     counts.sum_duplicates()
     genes = [f"G{j:05d}" for j in range(n_genes)]
-    obs = pd.DataFrame(
-        {
-            "array_row": rows,
-            "array_col": cols,
-            "region": pd.Categorical(["hd_bins"] * n),
-            "instance_id": np.arange(n),
-            "planted": pd.Categorical(domain.astype(str)),
-        },
-        index=pd.RangeIndex(n).astype(str),
-    )
+    obs = bin_obs(rows, cols, domain, "hd_bins")
     table = ad.AnnData(counts, obs=obs, var=pd.DataFrame(index=genes))
     table = TableModel.parse(table, region="hd_bins", region_key="region", instance_key="instance_id")
     sets = {f"PATHWAY_{k}": genes[1000 + 20 * k : 1020 + 20 * k] for k in range(N_DOMAINS)}
