@@ -1,17 +1,21 @@
 """Time super-resolution of a whole Visium slide, stage by stage: the case the published code took 36 hours on.
 
     python benchmarks/train.py [--out DIR] [--device cpu|cuda] [--epochs N] [--states N] [--estimate]
+                               [--holdout F] [--patience N] [--precision P] [--components N] [--train-only]
 
 The slide is the real spot lattice of ``../shared/data/visium_spaceranger_1.0.0`` (4,235 spots in tissue, their
 full-resolution pixel positions and spot diameter), with synthetic counts of 1,000 genes (smooth expression
 programmes drawn over the lattice) and 1,029 synthetic feature channels (a UNI-sized 1,024 plus five, as the published
-setting) on the full 8 µm bin grid of the slide. The tissue is every bin within a spot pitch of a spot in tissue.
+setting) on the full 8 µm bin grid of the slide: random mixtures of the same programmes at each bin plus as much
+noise, so that the image tells something about expression and the stopping rule sees a real fit. The tissue is
+every bin within a spot pitch of a spot in tissue.
 
 It runs the same functions ``histex.tl.super_resolve`` runs, with its default settings (variant ``"histex"``) unless
 told otherwise, and times each stage: the context points, the training set (features standardised with position
-channels, the token grid and the spot windows), one epoch of one state, all of training, the prediction of every
-in-tissue bin, and the write-back (counts per bin and the Visium HD-like shapes and table). With ``--estimate`` all of
-training is not run but estimated as one epoch x epochs x states. Prints a table and writes ``DIR/train.json``:
+channels, the token grid and the spot windows), one epoch of all ensemble states (trained together), all of
+training (until the stopping rule on held-out spots, or the most epochs), the prediction of every in-tissue bin
+(into counts per bin, block by block), and the write-back (the Visium HD-like shapes and table). With
+``--estimate`` all of training is not run but bounded as one epoch x the most epochs. Prints a table and writes ``DIR/train.json``:
 ``{"seconds": {stage: s}, "peak_rss_mb": .., "spots": .., "genes": .., "bins": .., "device": ..}``.
 """
 
@@ -26,12 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.spatial import cKDTree
 
 from histex import geometry
 from histex.model.context import context_points, nearest_context
 from histex.model.features import standardised_with_position
-from histex.model.fit import Problem, _TokenGrid, _training_windows, bins_per_spot, predict, train
+from histex.model.fit import Problem, _SpotLoss, bins_per_spot, train
+from histex.model.predict import predict
 from histex.model.targets import TargetScaler
 from histex.tl._super_resolve import VARIANTS, fit_config
 
@@ -70,10 +76,21 @@ def synthetic_slide(n_genes: int, n_features: int, *, seed: int = 0):
     # Expression: 20 smooth programmes (random Fourier fields over the slide), each gene a mix of a few.
     freq = rng.normal(scale=2 * np.pi / 60, size=(20, 2))  # wavelengths of about 60 bins (0.5 mm)
     phase = rng.uniform(0, 2 * np.pi, 20)
-    programmes = np.exp(np.sin(spot_rc @ freq.T + phase))
+
+    def programmes(rc: np.ndarray) -> np.ndarray:
+        return np.exp(np.sin(rc @ freq.T + phase))
+
     loading = rng.gamma(0.3, size=(20, n_genes))
-    counts = rng.poisson(programmes @ loading).astype(np.float32)
-    features = rng.standard_normal((n_features, *shape), dtype=np.float32)
+    counts = rng.poisson(programmes(spot_rc) @ loading).astype(np.float32)
+    # Features: the programmes at each bin, mixed at random into every channel, plus noise; a band of rows at a time.
+    mixing = rng.normal(size=(20, n_features)).astype(np.float32) / np.sqrt(20)
+    features = np.empty((n_features, *shape), dtype=np.float32)
+    for r0 in range(0, shape[0], 64):
+        r1 = min(r0 + 64, shape[0])
+        band = programmes(centres[r0 * shape[1] : r1 * shape[1]]).astype(np.float32)
+        band = (band - band.mean()) @ mixing
+        band += rng.standard_normal(band.shape, dtype=np.float32)
+        features[:, r0:r1] = band.T.reshape(n_features, r1 - r0, shape[1])
     return spot_rc, tissue, features, counts, mpp
 
 
@@ -85,7 +102,12 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=1029)
     parser.add_argument("--epochs", type=int, default=None, help="default: the histex variant's")
     parser.add_argument("--states", type=int, default=5)
-    parser.add_argument("--estimate", action="store_true", help="estimate all of training from one epoch")
+    parser.add_argument("--estimate", action="store_true", help="bound all of training by one epoch x epochs")
+    parser.add_argument("--holdout", type=float, default=0.0, help="share of spots held out to stop on (0: none)")
+    parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument("--precision", default="auto", help="auto, float32 or bfloat16")
+    parser.add_argument("--components", type=int, default=None, help="principal axes of the features")
+    parser.add_argument("--train-only", action="store_true", help="stop after training (no prediction)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     settings = VARIANTS["histex"]
@@ -113,7 +135,7 @@ def main() -> None:
 
     start = time.perf_counter()
     problem = Problem(
-        features=standardised_with_position(features, tissue),
+        features=standardised_with_position(features, tissue, n_components=args.components),
         tissue=tissue,
         spot_rc=spot_rc,
         radius_bins=SPOT_UM / 2 / BIN_UM,
@@ -123,32 +145,40 @@ def main() -> None:
     del features
     window = geometry.window_size(problem.radius_bins)
     config = fit_config(
-        {**settings, "epochs": epochs}, window=window, n_states=args.states, device=args.device, show_progress=False
+        {**settings, "epochs": epochs},
+        window=window,
+        n_states=args.states,
+        holdout=args.holdout,
+        patience=args.patience,
+        precision=args.precision,
+        device=args.device,
+        show_progress=False,
     )
-    _TokenGrid(problem.features, window, config.device)
-    _training_windows(problem, window)
+    _SpotLoss(problem, config, torch.device(args.device))
     stage("training set", start)
 
     start = time.perf_counter()
-    models, _ = train(problem, replace(config, epochs=1, n_states=1))
+    ensemble, history = train(problem, replace(config, epochs=1))
     stage("one epoch", start)
 
     if args.estimate:
-        seconds["training"] = round(seconds["one epoch"] * epochs * args.states, 1)
-        print(f"  {'training (estimated)':<22s} {seconds['training']:10.1f} s = one epoch x {epochs} x {args.states}")
-        models = models * args.states  # untrained copies: prediction costs the same
+        seconds["training"] = round(seconds["one epoch"] * epochs, 1)
+        print(f"  {'training (bound)':<22s} {seconds['training']:10.1f} s = one epoch x {epochs}")
     else:
         start = time.perf_counter()
-        models, _ = train(problem, config)
+        ensemble, history = train(problem, config)
         stage("training", start)
+        print(f"  stopped after {history.epochs} epochs; states keep epochs {history.best_epoch.tolist()}")
 
-    start = time.perf_counter()
-    pred = predict(models, problem, config)
-    stage("prediction", start)
+    if not args.train_only:
+        start = time.perf_counter()
+        per_spot = bins_per_spot(problem, window)
+        pred = predict(ensemble, problem, config, transform=scaler.block_to_counts_per_bin(per_spot))
+        stage("prediction", start)
 
-    start = time.perf_counter()
-    write_back(pred, scaler, problem, window, mpp)
-    stage("write-back", start)
+        start = time.perf_counter()
+        write_back(pred, problem, mpp)
+        stage("write-back", start)
 
     result = {
         "seconds": seconds,
@@ -159,7 +189,13 @@ def main() -> None:
         "bins": int(tissue.sum()),
         "grid": list(tissue.shape),
         "epochs": epochs,
+        "epochs_run": None if args.estimate else history.epochs,
+        "best_epochs": None if args.estimate else history.best_epoch.tolist(),
         "states": args.states,
+        "holdout": args.holdout,
+        "patience": args.patience,
+        "precision": args.precision,
+        "components": args.components,
         "training_estimated": bool(args.estimate),
         "device": args.device,
     }
@@ -167,22 +203,19 @@ def main() -> None:
     print(f"peak RSS {result['peak_rss_mb']:.0f} MiB; wrote {args.out / 'train.json'}")
 
 
-def write_back(pred, scaler, problem, window, mpp):
-    """Counts per bin and the bins' shapes and table, as ``super_resolve`` writes them (on a stand-in image)."""
+def write_back(pred, problem, mpp):
+    """The bins' shapes and table, as ``super_resolve`` writes them (on a stand-in image)."""
     import dask.array as da
     from spatialdata import SpatialData
     from spatialdata.models import Image2DModel
 
     from histex.tl._super_resolve import _bins_output
 
-    per_spot = bins_per_spot(problem, window)
-    expression = scaler.to_counts_per_bin(pred.mean, per_spot)
-    spread = scaler.spread_to_counts_per_bin(pred.spread, pred.mean, per_spot)
     image = Image2DModel.parse(da.zeros((3, 8, 8), dtype=np.uint8), dims=("c", "y", "x"))
     sdata = SpatialData(images={"slide": image})
     grid = geometry.BinGrid(bin_px=BIN_UM / mpp, n_rows=problem.tissue.shape[0], n_cols=problem.tissue.shape[1])
-    genes = [f"G{j:04d}" for j in range(expression.shape[1])]
-    return _bins_output(sdata, "slide", grid, pred, expression, spread, genes, "histex", {"params": {}})
+    genes = [f"G{j:04d}" for j in range(pred.mean.shape[1])]
+    return _bins_output(sdata, "slide", grid, pred, pred.mean, pred.spread, genes, "histex", {"params": {}})
 
 
 if __name__ == "__main__":

@@ -190,3 +190,17 @@ def test_extract_features_bad_input(small_toy):
     assert fingerprint(toy) == before
     # with the pixel size given, no spots are needed
     assert hx.pp.extract_features(toy, mpp=0.5, show_progress=False).endswith("_features")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"holdout": 1.0}, "holdout must be in"),
+        ({"holdout": -0.1}, "holdout must be in"),
+        ({"patience": 0}, "patience must be a positive"),
+        ({"precision": "float16"}, "precision must be one of"),
+        ({"feature_components": 10_000}, "n_components must be between"),
+    ],
+)
+def test_bad_training_settings(toy, kwargs, match):
+    _fails(toy, match, **kwargs)

@@ -1,3 +1,6 @@
+import itertools
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +8,7 @@ from scipy.spatial import cKDTree
 
 from histex import geometry
 from histex.model import FitConfig, Problem, TargetScaler, context_points, nearest_context, predict, train
-from histex.model.fit import prediction_windows
+from histex.model.predict import prediction_windows
 from histex.nn import CrossAttention, HistexNet, ImageOnlyNet
 
 
@@ -124,7 +127,7 @@ def _toy_problem(seed=0, use_context=True):
     for _ in range(80):
         r, c = rng.integers(3, rows - 3, 2)
         truth[r - 2 : r + 2, c - 2 : c + 2] = 1.0
-    features = np.stack([truth * 2 - 1, rng.normal(size=(rows, cols)).astype(np.float32)])
+    features = np.stack([truth * 2 - 1, rng.normal(size=(rows, cols)).astype(np.float32)], axis=-1)
     spot_rc = geometry.hex_lattice(96, 96, pitch=12.5, offset=(4, 4))[:, ::-1]
     anchor, masks = geometry.disk_masks(spot_rc, 27.5 / 8, 7)
     rr = anchor[:, None, 0] + geometry.window_offsets(7)[None, :, 0]
@@ -147,10 +150,20 @@ def _toy_problem(seed=0, use_context=True):
 def test_training_loss_decreases_and_is_reproducible():
     problem, truth = _toy_problem()
     config = FitConfig(
-        epochs=12, n_states=2, hidden=(32, 32), lr=1e-3, batch_size=8, seed=3, device="cpu", show_progress=False
+        epochs=12,
+        n_states=2,
+        holdout=0,
+        hidden=(32, 32),
+        lr=1e-3,
+        batch_size=8,
+        seed=3,
+        device="cpu",
+        show_progress=False,
     )
     models, history = train(problem, config)
-    assert history.shape == (2, 12)
+    assert history.loss.shape == (2, 12) and history.validation.shape == (2, 0)
+    assert list(history.best_epoch) == [12, 12]
+    history = history.loss
     assert (history[:, -5:].mean(1) < 0.5 * history[:, :3].mean(1)).all()
     pred = predict(models, problem, config)
     assert pred.mean.shape == (10000, 1) and pred.spread.shape == (10000, 1)
@@ -162,8 +175,117 @@ def test_training_loss_decreases_and_is_reproducible():
     nearest_spot = problem.targets[cKDTree(problem.spot_rc).query(bins_rc)[1], 0]
     assert r > np.corrcoef(nearest_spot, truth[pred.rows, pred.cols])[0, 1] + 0.2
     models2, history2 = train(problem, config)
-    assert np.array_equal(history, history2)
+    assert np.array_equal(history, history2.loss)
     assert np.array_equal(predict(models2, problem, config).mean, pred.mean)
+
+
+def test_states_trained_together_equal_states_trained_alone():
+    from histex.model.ensemble import Ensemble
+
+    problem, _ = _toy_problem()
+    config = FitConfig(
+        epochs=3,
+        n_states=2,
+        holdout=0,
+        hidden=(16,),
+        lr=1e-3,
+        batch_size=16,
+        seed=5,
+        precision="float32",
+        show_progress=False,
+    )
+    together, history = train(problem, config)
+    assert isinstance(together, Ensemble) and together.n_states == 2
+    for state in range(2):
+        alone, alone_history = train(problem, replace(config, n_states=1, seed=5 + state))
+        np.testing.assert_allclose(history.loss[state], alone_history.loss[0], rtol=1e-4)
+        for name, value in alone.state_dicts()[0].items():
+            np.testing.assert_allclose(together.state_dicts()[state][name], value, atol=2e-4)  # rounding only
+
+
+def test_bfloat16_forward_casts_weights_and_inputs_not_parameters():
+    from histex.model.ensemble import Ensemble, compute_dtype
+
+    torch.manual_seed(0)
+    ensemble = Ensemble([HistexNet(20, 10, hidden=(16,)) for _ in range(2)])
+    tokens, genes = torch.randn(2, 3, 49, 20), torch.rand(2, 3, 5, 10)
+    full, _ = ensemble(tokens, genes)
+    half, _ = ensemble(tokens, genes, dtype=torch.bfloat16)
+    assert full.dtype == torch.float32 and half.dtype == torch.bfloat16
+    assert 0 < (half.float() - full).abs().max() < 0.05
+    half.float().sum().backward()  # the gradient reaches the float32 parameters
+    assert all(p.dtype == torch.float32 and p.grad is not None for p in ensemble.parameters())
+    assert compute_dtype("float32", torch.device("cpu")) is None
+    assert compute_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert compute_dtype("auto", torch.device("mps")) is None
+    with pytest.raises(ValueError, match="precision"):
+        compute_dtype("half", torch.device("cpu"))
+
+
+def test_training_stops_on_held_out_spots_and_keeps_the_best_epoch():
+    from histex.model.fit import _held_out_loss, _SpotLoss, holdout_split
+
+    problem, _ = _toy_problem()
+    config = FitConfig(
+        epochs=300,
+        n_states=2,
+        holdout=0.2,
+        patience=4,
+        hidden=(32, 32),
+        lr=3e-3,
+        batch_size=8,
+        seed=1,
+        precision="float32",
+        show_progress=False,
+    )
+    ensemble, history = train(problem, config)
+    n = history.epochs
+    assert n < 300 and history.validation.shape == history.loss.shape == (2, n)
+    assert n - history.best_epoch.max() == config.patience  # stopped once neither state improved for 4 epochs
+    for state in range(2):
+        best = history.best_epoch[state]
+        assert history.validation[state, best - 1] == history.validation[state].min()
+    # the ensemble keeps each state's best epoch: its held-out loss is the one recorded there
+    held = np.stack(holdout_split(len(problem.targets), 2, 0.2, seed=1))
+    loss = _held_out_loss(ensemble, _SpotLoss(problem, config, torch.device("cpu")), held, 8)
+    np.testing.assert_allclose(loss, history.validation[[0, 1], history.best_epoch - 1], rtol=1e-5)
+
+
+def test_holdout_split_is_disjoint_while_spots_last():
+    from histex.model.fit import holdout_split
+
+    held = holdout_split(100, 5, 0.1, seed=0)
+    assert [len(h) for h in held] == [10] * 5 and len(np.unique(np.concatenate(held))) == 50
+    wrapped = holdout_split(12, 5, 0.25, seed=0)  # 3 each: 15 > 12, so the slices wrap around
+    assert [len(h) for h in wrapped] == [3] * 5 and len(np.unique(np.concatenate(wrapped))) == 12
+    assert [len(h) for h in holdout_split(100, 3, 0, seed=0)] == [0, 0, 0]
+    with pytest.raises(ValueError, match="holdout"):
+        holdout_split(100, 3, 1.0, seed=0)
+
+
+def test_prediction_streams_final_bins_in_row_bands():
+    from histex.model import predict_blocks
+
+    problem, _ = _toy_problem()
+    config = FitConfig(
+        epochs=1, n_states=2, hidden=(16,), batch_size=16, stride=3, predict_batch_size=40, show_progress=False
+    )
+    ensemble, _ = train(problem, config)
+    whole = predict(ensemble, problem, config)
+    blocks = list(predict_blocks(ensemble, problem, config))
+    n_bins = len(whole.rows)
+    assert blocks[0].start == 0 and blocks[-1].stop == n_bins
+    assert all(a.stop == b.start for a, b in itertools.pairwise(blocks))
+    assert len(blocks) > 10 and max(b.stop - b.start for b in blocks) < 0.1 * n_bins  # never the slide at once
+    np.testing.assert_array_equal(np.concatenate([b.mean for b in blocks]), whole.mean)
+    np.testing.assert_array_equal(np.concatenate([b.spread for b in blocks]), whole.spread)
+    # a bigger batch gives the same bins: every window's output is added before its bins are final
+    wide = predict(ensemble, problem, replace(config, predict_batch_size=1000))
+    np.testing.assert_allclose(wide.mean, whole.mean, rtol=1e-5, atol=1e-6)
+    # the transform is applied block by block, into the same arrays
+    doubled = predict(ensemble, problem, config, transform=lambda m, s: (2 * m, 3 * s))
+    np.testing.assert_allclose(doubled.mean, 2 * whole.mean, rtol=1e-6)
+    np.testing.assert_allclose(doubled.spread, 3 * whole.spread, rtol=1e-6)
 
 
 def test_image_only_network_finds_the_marked_bins():
@@ -194,7 +316,8 @@ def test_features_are_standardised_over_tissue_in_one_copy():
     features[2] = 7.0  # a constant channel is only centred
     tissue = rng.random((40, 50)) > 0.4
     out = standardised_with_position(features, tissue)
-    assert out.shape == (8, 40, 50) and out.dtype == np.float32
+    assert out.shape == (40, 50, 8) and out.dtype == np.float32  # one token per bin, channel last
+    out = out.transpose(2, 0, 1)
     stacked = np.concatenate([features, positions((40, 50))])
     tissue_values = stacked[:, tissue].astype(np.float64)  # statistics in float64, as the function takes them
     mean, std = tissue_values.mean(axis=1), tissue_values.std(axis=1)
@@ -207,4 +330,35 @@ def test_features_are_standardised_over_tissue_in_one_copy():
     # the last two channels are the standardised bin positions, row then column
     assert np.corrcoef(out[6].ravel(), positions((40, 50))[0].ravel())[0, 1] > 0.999
     lazy = standardised_with_position(da.from_array(features, chunks=(1, 40, 50)), tissue)
-    np.testing.assert_array_equal(lazy, out)
+    np.testing.assert_array_equal(lazy.transpose(2, 0, 1), out)
+
+
+def test_feature_components_are_principal_axes_fitted_on_tissue():
+    from histex.model.features import standardised_with_position
+
+    rng = np.random.default_rng(1)
+    latent = rng.normal(size=(3, 60, 70))
+    features = np.einsum("fk,krc->frc", rng.normal(size=(40, 3)), latent) + 0.05 * rng.normal(size=(40, 60, 70))
+    features = features.astype(np.float32)
+    tissue = np.zeros((60, 70), bool)
+    tissue[5:50, 10:65] = True
+    full = standardised_with_position(features, tissue)
+    reduced = standardised_with_position(features, tissue, n_components=3)
+    assert reduced.shape == (60, 70, 5)
+    np.testing.assert_array_equal(reduced[..., 3:], full[..., 40:])  # the positions are kept as they are
+    # three axes hold the rank-3 signal: the tokens keep their norm, less the noise
+    kept = np.linalg.norm(reduced[tissue][:, :3], axis=1) / np.linalg.norm(full[tissue][:, :40], axis=1)
+    assert np.median(kept) > 0.99 and kept.max() <= 1 + 1e-5
+    assert np.square(reduced[tissue][:, :3]).sum() > 0.99 * np.square(full[tissue][:, :40]).sum()
+    # uncorrelated components over tissue, in order of variance
+    comps = reduced[tissue][:, :3].astype(np.float64)
+    cov = np.cov(comps.T)
+    assert np.all(np.diff(np.diag(cov)) < 0)
+    np.testing.assert_allclose(cov - np.diag(np.diag(cov)), 0, atol=1e-3 * cov[0, 0])
+    # every axis: a full rotation keeps every token's norm
+    rotated = standardised_with_position(features, tissue, n_components=40)
+    np.testing.assert_allclose(
+        np.linalg.norm(rotated[..., :40], axis=-1), np.linalg.norm(full[..., :40], axis=-1), rtol=1e-4
+    )
+    with pytest.raises(ValueError, match="n_components"):
+        standardised_with_position(features, tissue, n_components=41)

@@ -120,7 +120,7 @@ def test_domains_plot_colours_each_label_and_draws_boundaries(resolved, tmp_path
         hx.pl.domains(sdata, key="regions")
 
 
-def test_history_plot_has_one_curve_per_state(resolved):
+def test_history_plot_has_one_training_curve_per_state(resolved):
     fig = hx.pl.history(resolved)
     ax = fig.axes[0]
     loss = resolved.tables["histex"].uns["histex"]["history"]["loss"]
@@ -129,6 +129,24 @@ def test_history_plot_has_one_curve_per_state(resolved):
     assert ax.get_xlabel() == "epoch" and ax.get_title() == "histex: training loss"
     with pytest.raises(ValueError, match="no training history"):
         hx.pl.history(resolved, table_key="truth")
+
+
+def test_history_plot_with_held_out_spots(small_toy):
+    sdata = sd.deepcopy(small_toy)
+    hx.tl.super_resolve(sdata, epochs=4, n_states=2, holdout=0.2, genes=["Imm_01", "Str_01"], show_progress=False)
+    fig = hx.pl.history(sdata)
+    ax = fig.axes[0]
+    record = sdata.tables["histex"].uns["histex"]["history"]
+    assert record["validation"].shape == (2, 4)
+    lines = ax.get_lines()
+    assert len(lines) == 6  # per state: training, held-out, the epoch kept
+    train_line, held_line, kept = lines[:3]
+    assert ax.get_yscale() == "log" and held_line.get_linestyle() == "--"
+    np.testing.assert_allclose(train_line.get_ydata(), record["loss"][0])
+    np.testing.assert_allclose(held_line.get_ydata(), record["validation"][0])
+    best = record["best_epoch"][0]
+    assert kept.get_xdata()[0] == best and kept.get_ydata()[0] == record["validation"][0, best - 1]
+    assert ax.get_title() == "histex: training (solid) and held-out (dashed) loss"
 
 
 def test_uncertainty_plot_shows_prediction_and_spread(small_toy):

@@ -48,7 +48,9 @@ def test_table_columns_and_layers(resolved):
     meta = table.uns["histex"]
     assert {"params", "data", "network", "versions", "history", "timings"} <= set(meta)
     assert meta["params"]["variant"] == "histex" and meta["params"]["n_states"] == 2
-    assert meta["history"]["loss"].shape == (2, 3)
+    assert meta["history"]["loss"].shape == (2, 3) and meta["history"]["validation"].shape == (2, 0)
+    assert meta["params"]["epochs_run"] == 3 and list(meta["history"]["best_epoch"]) == [3, 3]
+    assert meta["params"]["holdout"] == 0 and meta["params"]["precision"] == "auto"
     assert {"train", "predict"} <= set(meta["timings"])
     assert meta["data"]["mpp"] == pytest.approx(0.5, rel=1e-3)  # derived from the 100 µm lattice
     assert meta["versions"]["torch"]
@@ -94,6 +96,22 @@ def test_same_seed_same_result(small_toy):
     hx.tl.super_resolve(c, seed=6, **kw)
     assert np.array_equal(a.tables["histex"].X, b.tables["histex"].X)
     assert not np.array_equal(a.tables["histex"].X, c.tables["histex"].X)
+
+
+def test_feature_components_and_precision_change_the_fit_not_the_output(small_toy):
+    a, b = sd.deepcopy(small_toy), sd.deepcopy(small_toy)
+    kw = {**FAST, "n_states": 1, "epochs": 2, "n_top_genes": 10, "seed": 2}
+    hx.tl.super_resolve(a, precision="float32", **kw)
+    hx.tl.super_resolve(b, precision="bfloat16", feature_components=8, **kw)
+    ta, tb = a.tables["histex"], b.tables["histex"]
+    assert ta.shape == tb.shape and np.isfinite(tb.X).all() and tb.X.dtype == np.float32
+    assert (
+        tb.uns["histex"]["params"]["feature_components"] == 8 and tb.uns["histex"]["params"]["precision"] == "bfloat16"
+    )
+    # the network saw 8 components plus the two position channels instead of every feature channel
+    n_channels = len(ta.uns["histex"]["data"]["feature_channels"])
+    assert n_channels > 10
+    assert not np.array_equal(ta.X, tb.X) and np.corrcoef(ta.X.ravel(), tb.X.ravel())[0, 1] > 0.5
 
 
 @pytest.mark.parametrize("variant", ["image_only", "paper"])

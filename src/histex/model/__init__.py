@@ -1,18 +1,23 @@
 """The HISTEX method on plain arrays: context points, targets, training and prediction."""
 
 from histex.model.context import ContextPoints, context_points, nearest_context
-from histex.model.fit import FitConfig, Prediction, Problem, predict, resolve_device, train
+from histex.model.ensemble import Ensemble
+from histex.model.fit import FitConfig, History, Problem, resolve_device, train
+from histex.model.predict import Prediction, predict, predict_blocks
 from histex.model.targets import TargetScaler
 
 __all__ = [
     "ContextPoints",
+    "Ensemble",
     "FitConfig",
+    "History",
     "Prediction",
     "Problem",
     "TargetScaler",
     "context_points",
     "nearest_context",
     "predict",
+    "predict_blocks",
     "resolve_device",
     "train",
 ]

@@ -1,8 +1,10 @@
-"""Image features made ready for the network: position channels and standardisation over tissue."""
+"""Image features made ready for the network: standardised over tissue, with position channels, one token per bin."""
 
 from __future__ import annotations
 
 import numpy as np
+
+_ROWS_PER_CHUNK = 32
 
 
 def positions(shape: tuple[int, int]) -> np.ndarray:
@@ -12,30 +14,59 @@ def positions(shape: tuple[int, int]) -> np.ndarray:
     return np.stack([r, c]).astype(np.float32)
 
 
-def standardised_with_position(features, tissue: np.ndarray) -> np.ndarray:
-    """The features and the bins' positions (:func:`positions`) as channels, each standardised over the tissue bins.
+def standardised_with_position(features, tissue: np.ndarray, *, n_components: int | None = None) -> np.ndarray:
+    """The features and the bins' positions (:func:`positions`), standardised over the tissue bins, channel last.
 
-    Zero mean and unit variance per channel over the in-tissue bins (constant channels are only centred), in one
-    pass, one channel at a time.
+    Every feature channel gets zero mean and unit variance over the in-tissue bins (constant channels are only
+    centred). With ``n_components``, the standardised features are then projected onto their first
+    ``n_components`` principal axes, fitted on the tissue bins (the projection keeps their scale: a bin's token
+    keeps about the norm it had). The two position channels are standardised and appended last.
 
-    The result is the only full copy made: a whole slide's feature map (1,029 channels on 800 x 800 bins is 2.6 GB)
-    is not concatenated, masked and rescaled in copies of itself. ``features`` may be lazy (dask), read a channel
-    at a time.
+    Returns ``(rows, cols, channels)`` float32: one token per bin, the layout the network gathers windows from.
+    It is the only full copy made: a whole slide's feature map (1,029 channels on 800 x 800 bins is 2.6 GB) is
+    not concatenated, transposed or rescaled in copies of itself. ``features`` ``(channels, rows, cols)`` may be
+    lazy (dask); it is read a channel at a time for the statistics and a band of rows at a time after.
     """
     n, rows, cols = features.shape
-    out = np.empty((n + 2, rows, cols), dtype=np.float32)
+    mean, scale = np.empty(n), np.ones(n)
     for i in range(n):
-        _standardise_into(out[i], np.asarray(features[i], dtype=np.float32), tissue)
+        values = np.asarray(features[i], dtype=np.float32)[tissue].astype(np.float64)
+        mean[i], std = values.mean(), values.std()
+        scale[i] = std if std > 1e-8 else 1.0
+    axes = None
+    if n_components is not None:
+        if not 1 <= n_components <= n:
+            raise ValueError(f"n_components must be between 1 and the {n} feature channels, got {n_components}.")
+        axes = _principal_axes(features, tissue, mean, scale, n_components)
+    width = n if axes is None else n_components
+    out = np.empty((rows, cols, width + 2), dtype=np.float32)
+    for r0 in range(0, rows, _ROWS_PER_CHUNK):
+        band = _standardised_band(features, slice(r0, r0 + _ROWS_PER_CHUNK), mean, scale)
+        out[r0 : r0 + _ROWS_PER_CHUNK, :, :width] = band if axes is None else band @ axes
     position = positions((rows, cols))
     for i in range(2):
-        _standardise_into(out[n + i], position[i], tissue)
+        values = position[i][tissue].astype(np.float64)
+        out[..., width + i] = (position[i] - np.float32(values.mean())) / np.float32(values.std() or 1.0)
     return out
 
 
-def _standardise_into(out: np.ndarray, channel: np.ndarray, tissue: np.ndarray) -> None:
-    values = channel[tissue].astype(np.float64)
-    mean = values.mean()
-    std = values.std()
-    np.subtract(channel, np.float32(mean), out=out)
-    if std > 1e-8:
-        out /= np.float32(std)
+def _standardised_band(features, rows: slice, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of the standardised features, ``(band rows, cols, channels)`` float32."""
+    band = np.asarray(features[:, rows], dtype=np.float32).transpose(1, 2, 0)
+    band = band - mean.astype(np.float32)
+    band /= scale.astype(np.float32)
+    return band
+
+
+def _principal_axes(features, tissue: np.ndarray, mean, scale, k: int) -> np.ndarray:
+    """The first ``k`` principal axes ``(channels, k)`` of the standardised features of the tissue bins."""
+    n = len(mean)
+    gram = np.zeros((n, n))
+    for r0 in range(0, tissue.shape[0], _ROWS_PER_CHUNK):
+        rows = slice(r0, r0 + _ROWS_PER_CHUNK)
+        x = _standardised_band(features, rows, mean, scale)[tissue[rows]]
+        gram += (x.T @ x).astype(np.float64)  # the standardised features have zero mean over tissue
+    _, vectors = np.linalg.eigh(gram)  # ascending eigenvalues
+    axes = vectors[:, ::-1][:, :k]
+    axes *= np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(k)])  # a fixed sign per axis: reproducible
+    return axes.astype(np.float32)

@@ -54,3 +54,12 @@ class TargetScaler:
         if self.kind == "log1p":
             s = s * np.exp(np.asarray(y, dtype=np.float64) * self.span + self.low)
         return (s / bins_per_spot).astype(np.float32)
+
+    def block_to_counts_per_bin(self, bins_per_spot: float):
+        """``(mean, spread)`` in target units to counts per bin, for :func:`histex.model.predict` to apply a block
+        at a time."""
+
+        def transform(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return self.to_counts_per_bin(y, bins_per_spot), self.spread_to_counts_per_bin(s, y, bins_per_spot)
+
+        return transform

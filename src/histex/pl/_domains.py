@@ -116,7 +116,10 @@ def domains(
 
 
 def history(sdata, *, table_key: str = "histex", figsize: tuple[float, float] = (5.0, 3.5), save: str | None = None):
-    """Training loss per epoch of every ensemble state of :func:`histex.tl.super_resolve`, on a log scale.
+    """Loss per epoch of every ensemble state of :func:`histex.tl.super_resolve`, on a log scale.
+
+    Solid lines are the loss on the spots a state trained on, dashed lines the loss on the spots it held out, and
+    a dot marks the epoch whose parameters the state kept (the lowest held-out loss).
 
     Parameters
     ----------
@@ -137,17 +140,25 @@ def history(sdata, *, table_key: str = "histex", figsize: tuple[float, float] = 
 
     table = sdata.tables[table_key]
     try:
-        loss = np.asarray(table.uns["histex"]["history"]["loss"], dtype=float)
+        record = table.uns["histex"]["history"]
+        loss = np.atleast_2d(np.asarray(record["loss"], dtype=float))
     except KeyError as err:
         raise ValueError(f"Table {table_key!r} has no training history (uns['histex']['history']['loss']).") from err
+    validation = np.asarray(record.get("validation", np.empty((0, 0))), dtype=float)
+    best = np.asarray(record.get("best_epoch", []), dtype=int)
     fig, ax = plt.subplots(figsize=figsize)
     epochs = np.arange(1, loss.shape[1] + 1)
-    for state, curve in enumerate(np.atleast_2d(loss)):
-        ax.plot(epochs, curve, lw=1.2, label=f"state {state + 1}")
+    for state, curve in enumerate(loss):
+        (line,) = ax.plot(epochs, curve, lw=1.2, label=f"state {state + 1}")
+        if validation.size:
+            ax.plot(epochs, validation[state], lw=1.2, ls="--", color=line.get_color())
+            if len(best) > state:
+                ax.plot(best[state], validation[state, best[state] - 1], "o", ms=4, color=line.get_color())
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("spot MSE (training)")
-    ax.set_title(f"{table_key}: training loss", fontsize=10)
+    ax.set_ylabel("spot MSE")
+    title = "training (solid) and held-out (dashed) loss" if validation.size else "training loss"
+    ax.set_title(f"{table_key}: {title}", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     if save is not None:
         fig.savefig(save, dpi=120, bbox_inches="tight")

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from histex import _sdata, geometry
 from histex.model import FitConfig, Problem, TargetScaler, context_points, predict, train
+from histex.model.ensemble import PRECISIONS
 from histex.model.features import standardised_with_position
 from histex.model.fit import bins_per_spot, default_batch_size, resolve_device
 from histex.pp._features import read_features
@@ -83,6 +84,8 @@ def super_resolve(
     spot_diameter_um: float = geometry.VISIUM_SPOT_DIAMETER_UM,
     variant: str = "histex",
     epochs: int | None = None,
+    holdout: float = 0.0,
+    patience: int = 10,
     n_states: int = 5,
     batch_size: int | None = None,
     lr: float = 1e-4,
@@ -92,6 +95,8 @@ def super_resolve(
     targets: str | None = None,
     coordinate_system: str | None = None,
     device: str | None = None,
+    precision: str = "auto",
+    feature_components: int | None = None,
     seed: int = 0,
     key_added: str = "histex",
     show_progress: bool = True,
@@ -133,8 +138,17 @@ def super_resolve(
         blocks, min-max targets), with the reference code's defects corrected (neighbours by location, attention
         scaled by the head dimension, shuffled batches, hexagonal lattice).
     epochs
-        Passes over the spots per ensemble state. Variant default: 500 for ``"paper"`` (published), 60 otherwise
-        (on the toy section more than about 100 over-fits its 200 spots).
+        Most passes over the spots per ensemble state. Variant default: 500 for ``"paper"`` (published), 60
+        otherwise (on the toy section more than about 100 over-fits its 200 spots).
+    holdout
+        ``0`` (default): every state trains on every spot for ``epochs`` epochs. Above 0, the stopping rule: each
+        ensemble state holds out this share of the spots (a different share for each state, so that the ensemble
+        learns from all of them), keeps the parameters of the epoch with the lowest loss on them, and training
+        stops once no state has improved for ``patience`` epochs. On the benchmark ``holdout=0.1`` cost 0.014
+        (toy section) and 0.063 (HGSC nest, 48 spots) in mean Pearson at 8 µm: the loss on held-out spots stops
+        falling before the 8 µm maps stop improving, and each state learns from fewer spots.
+    patience
+        Epochs without improvement on the held-out spots before training stops.
     n_states
         Independently seeded networks in the ensemble (paper: 5).
     batch_size
@@ -154,8 +168,15 @@ def super_resolve(
         Coordinate system shared by image and spots; found automatically.
     device
         ``"cpu"``, ``"cuda"``, ``"mps"``; ``None`` picks cuda, then mps, then cpu.
+    precision
+        ``"auto"``: bfloat16 mixed precision where the hardware computes it natively (CUDA GPUs that support it,
+        CPUs with AMX or AVX-512 BF16 units), float32 elsewhere; ``"float32"``; ``"bfloat16"``.
+    feature_components
+        Project the standardised image features onto this many principal axes, fitted on the tissue bins, before
+        training (a UNI map of 1,024 channels is four times smaller at 256). ``None`` keeps every channel.
     seed
-        Seed of the first ensemble state (state ``i`` uses ``seed + i``). Same seed, same result on CPU.
+        Seed of the first ensemble state (state ``i`` uses ``seed + i``). Same seed, same result on the same
+        device and precision.
     key_added
         Name of the output table; the bins are ``shapes[f"{key_added}_bins"]``.
     show_progress
@@ -192,6 +213,12 @@ def super_resolve(
             settings[name] = value
     if settings["context_dropout"] not in ("self", "none"):
         raise ValueError(f"context_dropout must be 'self' or 'none', got {settings['context_dropout']!r}.")
+    if not 0 <= holdout < 1:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}.")
+    if int(patience) != patience or patience < 1:
+        raise ValueError(f"patience must be a positive number of epochs, got {patience}.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
     torch_device = resolve_device(device)
     _check_output_keys(sdata, key_added)
 
@@ -236,7 +263,7 @@ def super_resolve(
     context = context_points(spot_rc, y, pitch=section.pitch_px / grid.bin_px) if settings["use_context"] else None
     lap("context")
     problem = Problem(
-        features=standardised_with_position(feats.data, feats.tissue),
+        features=standardised_with_position(feats.data, feats.tissue, n_components=feature_components),
         tissue=feats.tissue,
         spot_rc=spot_rc,
         radius_bins=spot_diameter_um / 2 / bin_size_um,
@@ -251,6 +278,9 @@ def super_resolve(
         batch_size=batch_size,
         lr=lr,
         k_context=k_context,
+        holdout=holdout,
+        patience=patience,
+        precision=precision,
         seed=seed,
         device=torch_device,
         show_progress=show_progress,
@@ -258,18 +288,22 @@ def super_resolve(
     lap("prepare")
 
     # --- fit and predict ----------------------------------------------------------------------------------------
-    models, history = train(problem, config)
+    ensemble, history = train(problem, config)
     lap("train")
-    pred = predict(models, problem, config)
+    per_spot = bins_per_spot(problem, window)
+    pred = predict(ensemble, problem, config, transform=scaler.block_to_counts_per_bin(per_spot))
+    expression, spread = pred.mean, pred.spread
     lap("predict")
 
-    per_spot = bins_per_spot(problem, window)
-    expression = scaler.to_counts_per_bin(pred.mean, per_spot)
-    spread = scaler.spread_to_counts_per_bin(pred.spread, pred.mean, per_spot)
     params = {
         "variant": variant,
         **settings,
         "n_states": n_states,
+        "holdout": holdout,
+        "patience": patience,
+        "precision": precision,
+        "feature_components": feature_components,
+        "epochs_run": history.epochs,
         "lr": lr,
         "k_context": k_context,
         "bin_size_um": bin_size_um,
@@ -306,7 +340,7 @@ def super_resolve(
             if v is not None
         },
         "versions": _versions(),
-        "history": {"loss": history},
+        "history": {"loss": history.loss, "validation": history.validation, "best_epoch": history.best_epoch},
     }
     shapes, table = _bins_output(
         sdata,

@@ -1,0 +1,155 @@
+"""Predicting every in-tissue bin with a trained ensemble, streamed in row bands. Arrays in, arrays out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from histex._device import resolve_device
+from histex.model.context import nearest_context
+from histex.model.ensemble import Ensemble, compute_dtype
+from histex.model.fit import FitConfig, Problem, _TokenGrid
+
+
+@dataclass
+class Prediction:
+    """Predictions for the in-tissue bins (row-major order), in target units unless transformed."""
+
+    rows: np.ndarray  # (n_bins,)
+    cols: np.ndarray
+    mean: np.ndarray  # (n_bins, n_genes): median over states, averaged over windows
+    spread: np.ndarray  # (n_bins, n_genes): standard deviation over states, averaged over windows
+    embedding: np.ndarray  # (n_bins, dim): first state's embedding
+
+
+@dataclass
+class Block:
+    """Final predictions of the in-tissue bins ``start:stop`` (row-major order), in target units."""
+
+    start: int
+    stop: int
+    mean: np.ndarray
+    spread: np.ndarray
+    embedding: np.ndarray
+
+
+def prediction_windows(tissue: np.ndarray, window: int, stride: int) -> np.ndarray:
+    """Anchors (window centres, ``(n, 2)`` row/col) of ``window x window`` blocks laid with ``stride`` that touch
+    tissue, in row-major order. With ``stride == window`` the blocks tile the grid; smaller strides overlap, and
+    every bin is covered by about ``(window / stride) ** 2`` windows."""
+    if not 1 <= stride <= window:
+        raise ValueError(f"stride must be between 1 and the window ({window}), got {stride}.")
+    rows, cols = tissue.shape
+    half = window // 2
+    top = np.arange(-(window - stride), rows, stride)
+    left = np.arange(-(window - stride), cols, stride)
+    tl = np.stack(np.meshgrid(top, left, indexing="ij"), axis=-1).reshape(-1, 2)
+    # A block touches tissue if the tissue count in its rectangle is positive (summed-area table).
+    sat = np.pad(tissue.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    r0, c0 = np.clip(tl[:, 0], 0, rows), np.clip(tl[:, 1], 0, cols)
+    r1, c1 = np.clip(tl[:, 0] + window, 0, rows), np.clip(tl[:, 1] + window, 0, cols)
+    count = sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]
+    return tl[count > 0] + half
+
+
+@torch.no_grad()
+def predict_blocks(ensemble: Ensemble, problem: Problem, config: FitConfig) -> Iterator[Block]:
+    """Predict every in-tissue bin: median over the states per window, averaged over overlapping windows.
+
+    Windows are run ``config.predict_batch_size`` at a time (by default 2,048 on a GPU, 256 elsewhere) in
+    row-major order, and the bins are yielded as soon as no later window covers them: only a band of a few rows
+    of bins is held, never the whole slide twice.
+    """
+    device = resolve_device(config.device)
+    dtype = compute_dtype(config.precision, device)
+    grid = _TokenGrid(problem.features, config.window, device)
+    rows, cols = problem.tissue.shape
+    tissue_rows, tissue_cols = np.nonzero(problem.tissue)
+    n_bins, n_genes = len(tissue_rows), problem.targets.shape[1]
+    slot = np.full(rows * cols, -1, dtype=np.int64)  # flat bin index -> output row
+    slot[tissue_rows * cols + tissue_cols] = np.arange(n_bins)
+    first_slot_of_row = np.searchsorted(tissue_rows, np.arange(rows + 1))
+    anchors = prediction_windows(problem.tissue, config.window, config.stride)
+    tops = anchors[:, 0] - config.window // 2
+    if config.use_context:
+        centres = anchors + 0.5  # the centre of the anchor bin is the centre of the window
+        ctx_idx = nearest_context(problem.context, centres, config.k_context)
+        ctx_values = torch.from_numpy(problem.context.values).to(device)
+    ensemble.eval()
+
+    band_start = 0  # output row of the band's first bin
+    band = None  # [mean, spread, embedding, hits] over the band's bins, on the CPU
+    step = config.predict_batch_size or (2048 if device.type == "cuda" else 256)
+    for start in tqdm(range(0, len(anchors), step), desc="predicting", disable=not config.show_progress, leave=False):
+        a = anchors[start : start + step]
+        index, inside = grid.indices(a)
+        off_grid = None if inside.all() else torch.from_numpy(inside.astype(np.float32)).to(device)
+        tokens = grid.gather(torch.from_numpy(index).to(device), off_grid)
+        genes = ctx_values[torch.from_numpy(ctx_idx[start : start + step]).to(device)] if config.use_context else None
+        preds, embeddings = ensemble(tokens, genes, shared=True, dtype=dtype)  # (states, b, window**2, genes)
+        preds = preds.float()
+        if ensemble.n_states > 1:
+            med = preds.median(dim=0).values
+            # torch's std over the leading axis is ten times slower than this
+            std = (preds - preds.mean(dim=0)).square_().mean(dim=0).sqrt_()
+        else:
+            med, std = preds[0], torch.zeros_like(preds[0])
+        emb = embeddings[0].float()
+        # The window bins that are in-tissue bins of the grid, and their output rows.
+        target = np.where(inside, slot[index], -1)
+        keep = torch.from_numpy(target >= 0)
+        dest = torch.from_numpy(target[target >= 0] - band_start)
+        band = _grow(band, int(dest.max()) + 1 if len(dest) else 0, n_genes, emb.shape[-1])
+        for acc, values in zip(band, (med, std, emb), strict=False):
+            acc.index_add_(0, dest, values.cpu()[keep])
+        band[3].index_add_(0, dest, torch.ones(len(dest)))
+        # Later windows start at or below the next window's top row: the bins above it are final.
+        next_top = tops[start + step] if start + step < len(anchors) else rows
+        done = int(first_slot_of_row[np.clip(next_top, 0, rows)])
+        if done > band_start:
+            n = done - band_start
+            hits = band[3][:n].clamp_(min=1)[:, None]
+            yield Block(band_start, done, *((acc[:n] / hits).numpy() for acc in band[:3]))
+            band = [acc[n:] for acc in band]
+            band_start = done
+
+
+def _grow(band: list[torch.Tensor] | None, length: int, n_genes: int, dim: int) -> list[torch.Tensor]:
+    if band is None:
+        band = [torch.zeros(0, n_genes), torch.zeros(0, n_genes), torch.zeros(0, dim), torch.zeros(0)]
+    extra = length - len(band[3])
+    if extra <= 0:
+        return band
+    return [torch.cat([acc, acc.new_zeros(extra, *acc.shape[1:])]) for acc in band]
+
+
+def predict(
+    ensemble: Ensemble,
+    problem: Problem,
+    config: FitConfig,
+    transform: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Prediction:
+    """Predict every in-tissue bin (:func:`predict_blocks`) into one set of arrays.
+
+    ``transform(mean, spread) -> (mean, spread)`` is applied to each block before it is stored (to counts per bin,
+    say), so that the slide's predictions exist once, in their final form.
+    """
+    tissue_rows, tissue_cols = np.nonzero(problem.tissue)
+    n_bins, n_genes = len(tissue_rows), problem.targets.shape[1]
+    mean = np.empty((n_bins, n_genes), dtype=np.float32)
+    spread = np.empty((n_bins, n_genes), dtype=np.float32)
+    embedding = None
+    for block in predict_blocks(ensemble, problem, config):
+        rows = slice(block.start, block.stop)
+        values = transform(block.mean, block.spread) if transform is not None else (block.mean, block.spread)
+        mean[rows], spread[rows] = values
+        if embedding is None:
+            embedding = np.empty((n_bins, block.embedding.shape[1]), dtype=np.float32)
+        embedding[rows] = block.embedding
+    if embedding is None:
+        embedding = np.empty((0, config.dim), dtype=np.float32)
+    return Prediction(rows=tissue_rows, cols=tissue_cols, mean=mean, spread=spread, embedding=embedding)
