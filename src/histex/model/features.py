@@ -25,14 +25,12 @@ def standardised_with_position(features, tissue: np.ndarray, *, n_components: in
     Returns ``(rows, cols, channels)`` float32: one token per bin, the layout the network gathers windows from.
     It is the only full copy made: a whole slide's feature map (1,029 channels on 800 x 800 bins is 2.6 GB) is
     not concatenated, transposed or rescaled in copies of itself. ``features`` ``(channels, rows, cols)`` may be
-    lazy (dask); it is read a channel at a time for the statistics and a band of rows at a time after.
+    lazy (dask); it is read a band of rows at a time, once for the statistics and once for the output (and once
+    more to fit the principal axes).
     """
     n, rows, cols = features.shape
-    mean, scale = np.empty(n), np.ones(n)
-    for i in range(n):
-        values = np.asarray(features[i], dtype=np.float32)[tissue].astype(np.float64)
-        mean[i], std = values.mean(), values.std()
-        scale[i] = std if std > 1e-8 else 1.0
+    mean, std = _tissue_moments(features, tissue)
+    scale = np.where(std > 1e-8, std, 1.0)
     axes = None
     if n_components is not None:
         if not 1 <= n_components <= n:
@@ -48,6 +46,28 @@ def standardised_with_position(features, tissue: np.ndarray, *, n_components: in
         values = position[i][tissue].astype(np.float64)
         out[..., width + i] = (position[i] - np.float32(values.mean())) / np.float32(values.std() or 1.0)
     return out
+
+
+def _tissue_moments(features, tissue: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation over the tissue bins, in float64, from one pass over bands of rows
+    (stored feature maps are chunked over all channels at once: a channel at a time would read the store once per
+    channel). Bands are merged with Chan's formula, which keeps the precision of a two-pass variance."""
+    n = features.shape[0]
+    count, mean, m2 = 0, np.zeros(n), np.zeros(n)
+    for r0 in range(0, tissue.shape[0], _ROWS_PER_CHUNK):
+        rows = slice(r0, r0 + _ROWS_PER_CHUNK)
+        x = np.asarray(features[:, rows], dtype=np.float32)[:, tissue[rows]].astype(np.float64)
+        k = x.shape[1]
+        if k == 0:
+            continue
+        band_mean = x.mean(axis=1)
+        band_m2 = np.square(x - band_mean[:, None]).sum(axis=1)
+        delta = band_mean - mean
+        total = count + k
+        mean = mean + delta * (k / total)
+        m2 = m2 + band_m2 + np.square(delta) * (count * k / total)
+        count = total
+    return mean, np.sqrt(m2 / max(count, 1))
 
 
 def _standardised_band(features, rows: slice, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
