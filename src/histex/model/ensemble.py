@@ -36,10 +36,6 @@ class Ensemble:
     def eval(self) -> Ensemble:
         return self.train(False)
 
-    @property
-    def training(self) -> bool:
-        return self._template.training
-
     def parameters(self) -> list[torch.Tensor]:
         return list(self.params.values())
 

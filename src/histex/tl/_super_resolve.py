@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from histex import _sdata, geometry
 from histex.model import FitConfig, Problem, TargetScaler, context_points, predict, train
-from histex.model.ensemble import PRECISIONS
+from histex.model.ensemble import compute_dtype
 from histex.model.features import standardised_with_position
 from histex.model.fit import bins_per_spot, default_batch_size, resolve_device
 from histex.pp._features import read_features
@@ -217,9 +217,8 @@ def super_resolve(
         raise ValueError(f"holdout must be in [0, 1), got {holdout}.")
     if int(patience) != patience or patience < 1:
         raise ValueError(f"patience must be a positive number of epochs, got {patience}.")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
     torch_device = resolve_device(device)
+    compute_dtype(precision, torch_device)  # refuses an unknown precision before any work
     _check_output_keys(sdata, key_added)
 
     # --- inputs -------------------------------------------------------------------------------------------------
