@@ -2,6 +2,7 @@
 
     python benchmarks/train.py [--out DIR] [--device cpu|cuda] [--epochs N] [--states N] [--estimate]
                                [--holdout F] [--patience N] [--precision P] [--components N] [--train-only]
+                               [--store]
 
 The slide is the real spot lattice of ``../shared/data/visium_spaceranger_1.0.0`` (4,235 spots in tissue, their
 full-resolution pixel positions and spot diameter), with synthetic counts of 1,000 genes (smooth expression
@@ -14,8 +15,9 @@ It runs the same functions ``histex.tl.super_resolve`` runs, with its default se
 told otherwise, and times each stage: the context points, the training set (features standardised with position
 channels, the token grid and the spot windows), one epoch of all ensemble states (trained together), all of
 training (until the stopping rule on held-out spots, or the most epochs), the prediction of every in-tissue bin
-(into counts per bin, block by block), and the write-back (the Visium HD-like shapes and table). With
-``--estimate`` all of training is not run but bounded as one epoch x the most epochs. Prints a table and writes ``DIR/train.json``:
+(into counts per bin, block by block; with ``--store`` straight into the chunks of a zarr store, as on a backed
+SpatialData), and the write-back (the Visium HD-like shapes and table). With ``--estimate`` all of training is not
+run but bounded as one epoch x the most epochs. Prints a table and writes ``DIR/train.json``:
 ``{"seconds": {stage: s}, "peak_rss_mb": .., "spots": .., "genes": .., "bins": .., "device": ..}``.
 """
 
@@ -36,7 +38,7 @@ from scipy.spatial import cKDTree
 from histex import geometry
 from histex.model.context import context_points, nearest_context
 from histex.model.features import standardised_with_position
-from histex.model.fit import Problem, _SpotLoss, bins_per_spot, train
+from histex.model.fit import Problem, _SpotLoss, bins_per_spot, embedding_dim, train
 from histex.model.predict import predict
 from histex.model.targets import TargetScaler
 from histex.tl._super_resolve import VARIANTS, fit_config
@@ -47,6 +49,12 @@ SPOT_UM, PITCH_UM, BIN_UM = 55.0, 100.0, 8.0
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    """Resident memory now (Linux), to see what one stage adds."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**20
 
 
 def slide_lattice(folder: Path) -> tuple[np.ndarray, float]:
@@ -108,6 +116,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="auto, float32 or bfloat16")
     parser.add_argument("--components", type=int, default=None, help="principal axes of the features")
     parser.add_argument("--train-only", action="store_true", help="stop after training (no prediction)")
+    parser.add_argument("--store", action="store_true", help="stream the predictions into OUT/slide.zarr")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     settings = VARIANTS["histex"]
@@ -172,12 +181,21 @@ def main() -> None:
 
     if not args.train_only:
         start = time.perf_counter()
-        per_spot = bins_per_spot(problem, window)
-        pred = predict(ensemble, problem, config, transform=scaler.block_to_counts_per_bin(per_spot))
-        stage("prediction", start)
-
+        output = bins_output(
+            problem, mpp, args.genes, embedding_dim(config), store=args.out / "slide.zarr" if args.store else None
+        )
+        bins_seconds = time.perf_counter() - start
+        rss_before = rss_mb()
         start = time.perf_counter()
-        write_back(pred, problem, mpp)
+        per_spot = bins_per_spot(problem, window)
+        predict(ensemble, problem, config, transform=scaler.block_to_counts_per_bin(per_spot), out=output.open())
+        stage("prediction", start)
+        prediction_rss_mb = rss_mb() - rss_before
+        print(f"  {'':<22s} resident memory grew by {prediction_rss_mb:,.0f} MiB while predicting")
+
+        start = time.perf_counter() - bins_seconds  # the bin squares were made before predicting
+        output.write_bins()
+        output.finish({"params": {}})
         stage("write-back", start)
 
     result = {
@@ -198,24 +216,33 @@ def main() -> None:
         "components": args.components,
         "training_estimated": bool(args.estimate),
         "device": args.device,
+        "store": bool(args.store),
+        "prediction_rss_growth_mb": None if args.train_only else round(prediction_rss_mb, 1),
     }
     (args.out / "train.json").write_text(json.dumps(result, indent=2))
     print(f"peak RSS {result['peak_rss_mb']:.0f} MiB; wrote {args.out / 'train.json'}")
 
 
-def write_back(pred, problem, mpp):
-    """The bins' shapes and table, as ``super_resolve`` writes them (on a stand-in image)."""
+def bins_output(problem, mpp, n_genes: int, dim: int, store: Path | None):
+    """The bins' shapes and table as ``super_resolve`` writes them, on a stand-in image: in memory, or streamed into
+    the zarr store at ``store``."""
+    import shutil
+
     import dask.array as da
     from spatialdata import SpatialData
     from spatialdata.models import Image2DModel
 
-    from histex.tl._super_resolve import _bins_output
+    from histex.tl._bins_output import BinsOutput
 
     image = Image2DModel.parse(da.zeros((3, 8, 8), dtype=np.uint8), dims=("c", "y", "x"))
     sdata = SpatialData(images={"slide": image})
+    if store is not None:
+        shutil.rmtree(store, ignore_errors=True)
+        sdata.write(store)
     grid = geometry.BinGrid(bin_px=BIN_UM / mpp, n_rows=problem.tissue.shape[0], n_cols=problem.tissue.shape[1])
-    genes = [f"G{j:04d}" for j in range(pred.mean.shape[1])]
-    return _bins_output(sdata, "slide", grid, pred, pred.mean, pred.spread, genes, "histex", {"params": {}})
+    rows, cols = np.nonzero(problem.tissue)
+    genes = [f"G{j:04d}" for j in range(n_genes)]
+    return BinsOutput(sdata, "histex", grid, rows, cols, {}, genes, dim, to_store=store is not None)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,11 @@ class _TokenGrid:
         return tokens if inside is None else tokens * inside[..., None]
 
 
+def embedding_dim(config: FitConfig) -> int:
+    """Width of the embedding the network of :func:`build_network` returns beside its expression."""
+    return config.dim if config.use_context else config.hidden[-1]
+
+
 def build_network(config: FitConfig, n_features: int, n_genes: int) -> torch.nn.Module:
     if config.use_context:
         return HistexNet(

@@ -12,12 +12,13 @@ from tqdm.auto import tqdm
 from histex._device import resolve_device
 from histex.model.context import nearest_context
 from histex.model.ensemble import Ensemble, compute_dtype
-from histex.model.fit import FitConfig, Problem, _TokenGrid
+from histex.model.fit import FitConfig, Problem, _TokenGrid, embedding_dim
 
 
 @dataclass
 class Prediction:
-    """Predictions for the in-tissue bins (row-major order), in target units unless transformed."""
+    """Predictions for the in-tissue bins (row-major order), in target units unless transformed. ``mean``, ``spread``
+    and ``embedding`` are NumPy arrays, or whatever arrays :func:`predict` was given to fill."""
 
     rows: np.ndarray  # (n_bins,)
     cols: np.ndarray
@@ -132,24 +133,27 @@ def predict(
     problem: Problem,
     config: FitConfig,
     transform: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+    out: Prediction | None = None,
 ) -> Prediction:
     """Predict every in-tissue bin (:func:`predict_blocks`) into one set of arrays.
 
     ``transform(mean, spread) -> (mean, spread)`` is applied to each block before it is stored (to counts per bin,
-    say), so that the slide's predictions exist once, in their final form.
+    say), so that the slide's predictions exist once, in their final form. ``out`` receives them: its ``mean``,
+    ``spread`` and ``embedding`` may be any arrays that take row blocks in order, from the top (NumPy arrays, or
+    writers into a zarr store); by default they are allocated in memory.
     """
     tissue_rows, tissue_cols = np.nonzero(problem.tissue)
     n_bins, n_genes = len(tissue_rows), problem.targets.shape[1]
-    mean = np.empty((n_bins, n_genes), dtype=np.float32)
-    spread = np.empty((n_bins, n_genes), dtype=np.float32)
-    embedding = None
+    if out is None:
+        out = Prediction(
+            rows=tissue_rows,
+            cols=tissue_cols,
+            mean=np.empty((n_bins, n_genes), dtype=np.float32),
+            spread=np.empty((n_bins, n_genes), dtype=np.float32),
+            embedding=np.empty((n_bins, embedding_dim(config)), dtype=np.float32),
+        )
     for block in predict_blocks(ensemble, problem, config):
         rows = slice(block.start, block.stop)
-        values = transform(block.mean, block.spread) if transform is not None else (block.mean, block.spread)
-        mean[rows], spread[rows] = values
-        if embedding is None:
-            embedding = np.empty((n_bins, block.embedding.shape[1]), dtype=np.float32)
-        embedding[rows] = block.embedding
-    if embedding is None:
-        embedding = np.empty((0, config.dim), dtype=np.float32)
-    return Prediction(rows=tissue_rows, cols=tissue_cols, mean=mean, spread=spread, embedding=embedding)
+        mean, spread = transform(block.mean, block.spread) if transform is not None else (block.mean, block.spread)
+        out.mean[rows], out.spread[rows], out.embedding[rows] = mean, spread, block.embedding
+    return out

@@ -12,15 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from histex._backing import STAGING_SUFFIX, drop_element, is_backed
+
 logger = logging.getLogger("histex")
-
-STAGING_SUFFIX = "_incomplete"
-
-
-def is_backed(sdata) -> bool:
-    """Whether ``sdata`` was written to or read from a zarr store on disk that new elements can be written to."""
-    path = getattr(sdata, "path", None)
-    return path is not None and Path(path).is_dir()
 
 
 class FeatureStore:
@@ -115,11 +109,7 @@ class FeatureStore:
         )
 
     def _drop(self, name: str, kind: str) -> None:
-        elements = getattr(self.sdata, kind)
-        if name in elements:
-            del elements[name]
-        if self.backed and f"{kind}/{name}" in self.sdata.elements_paths_on_disk():
-            self.sdata.delete_element_from_disk(name)
+        drop_element(self.sdata, kind, name, from_store=self.backed)
 
     def _zarr_array(self, name: str):
         import zarr

@@ -14,8 +14,9 @@ from histex import _sdata, geometry
 from histex.model import FitConfig, Problem, TargetScaler, context_points, predict, train
 from histex.model.ensemble import compute_dtype
 from histex.model.features import standardised_with_position
-from histex.model.fit import bins_per_spot, default_batch_size, resolve_device
+from histex.model.fit import bins_per_spot, default_batch_size, embedding_dim, resolve_device
 from histex.pp._features import read_features
+from histex.tl._bins_output import BinsOutput, wants_store
 
 logger = logging.getLogger("histex")
 
@@ -99,6 +100,7 @@ def super_resolve(
     feature_components: int | None = None,
     seed: int = 0,
     key_added: str = "histex",
+    to_store: bool | None = None,
     show_progress: bool = True,
 ) -> str:
     """Predict gene expression on 8 µm bins from Visium spots and image features (HISTEX).
@@ -179,6 +181,12 @@ def super_resolve(
         device and precision.
     key_added
         Name of the output table; the bins are ``shapes[f"{key_added}_bins"]``.
+    to_store
+        Write the output into ``sdata``'s zarr store as it is computed, the predictions chunk by chunk, so that a
+        whole slide's bins x genes never sit in memory: ``X``, ``layers["std"]`` and ``obsm["X_histex"]`` are then
+        dask arrays read from the store. ``None`` (default): when ``sdata`` is backed (written with
+        :meth:`~spatialdata.SpatialData.write` or read with :func:`spatialdata.read_zarr`). ``False`` keeps
+        everything in memory.
     show_progress
         Show progress bars.
 
@@ -193,7 +201,7 @@ def super_resolve(
           ``obsm["spatial"]`` bin centres in image pixels, ``obsm["X_histex"]`` the fused embedding, and
           ``uns["histex"]`` the parameters, versions, training history and timings.
 
-    Input elements are not modified; if the call fails, nothing is written.
+    Input elements are not modified; if the call fails, nothing is written (in memory or in the store).
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -201,7 +209,7 @@ def super_resolve(
     def lap(stage: str) -> None:
         nonlocal clock
         now = time.perf_counter()
-        timings[stage] = round(now - clock, 3)
+        timings[stage] = round(timings.get(stage, 0.0) + now - clock, 3)
         clock = now
 
     if variant not in VARIANTS:
@@ -220,6 +228,7 @@ def super_resolve(
     torch_device = resolve_device(device)
     compute_dtype(precision, torch_device)  # refuses an unknown precision before any work
     _check_output_keys(sdata, key_added)
+    to_store = wants_store(sdata, to_store)
 
     # --- inputs -------------------------------------------------------------------------------------------------
     section = _sdata.read_section(
@@ -286,13 +295,10 @@ def super_resolve(
     )
     lap("prepare")
 
-    # --- fit and predict ----------------------------------------------------------------------------------------
+    # --- fit ----------------------------------------------------------------------------------------------------
     ensemble, history = train(problem, config)
     lap("train")
     per_spot = bins_per_spot(problem, window)
-    pred = predict(ensemble, problem, config, transform=scaler.block_to_counts_per_bin(per_spot))
-    expression, spread = pred.mean, pred.spread
-    lap("predict")
 
     params = {
         "variant": variant,
@@ -313,6 +319,7 @@ def super_resolve(
         "genes_given": genes is not None,
         "n_top_genes": n_top_genes,
         "layer": layer or "X",
+        "to_store": to_store,
     }
     meta = {
         "params": params,
@@ -341,27 +348,35 @@ def super_resolve(
         "versions": _versions(),
         "history": {"loss": history.loss, "validation": history.validation, "best_epoch": history.best_epoch},
     }
-    shapes, table = _bins_output(
+
+    # --- predict and write back ---------------------------------------------------------------------------------
+    tissue_rows, tissue_cols = np.nonzero(problem.tissue)
+    output = BinsOutput(
         sdata,
-        image_key,
-        grid,
-        pred,
-        expression,
-        spread,
-        gene_names,
         key_added,
-        meta,
+        grid,
+        tissue_rows,
+        tissue_cols,
+        transformations=_sdata.element_transformations(sdata.images[image_key]),
+        gene_names=gene_names,
+        embedding_dim=embedding_dim(config),
+        to_store=to_store,
     )
     lap("write")
-    table.uns["histex"]["timings"] = dict(timings)
-    # Write only now that everything is computed: a failure above leaves sdata as it was.
-    bins_key = f"{key_added}_bins"
-    for store, key in ((sdata.shapes, bins_key), (sdata.tables, key_added)):
-        if key in store:
-            logger.info("Overwriting %r.", key)
-    sdata.shapes[bins_key] = shapes
-    sdata.tables[key_added] = table
-    logger.info("Wrote shapes %r and table %r (%d bins x %d genes).", bins_key, key_added, *expression.shape)
+    try:
+        # Into the output's arrays block by block (in memory, or the store's chunks): the slide's predictions exist
+        # once. Nothing shows in sdata until finish(); a failure removes what was staged in the store.
+        to_counts = scaler.block_to_counts_per_bin(per_spot)
+        predict(ensemble, problem, config, transform=to_counts, out=output.open())
+        lap("predict")
+        output.write_bins()
+        lap("write")
+        meta["timings"] = dict(timings)
+        output.finish(_plain(meta))
+    except BaseException:
+        output.abort()
+        raise
+    logger.info("Wrote shapes %r and table %r (%d bins x %d genes).", output.bins_key, key_added, *output.shape)
     return key_added
 
 
@@ -457,31 +472,6 @@ def fit_config(settings: dict, *, window: int, **overrides) -> FitConfig:
         hidden=tuple(settings["hidden"]),
         **overrides,
     )
-
-
-def _bins_output(sdata, image_key, grid, pred, expression, spread, gene_names, key_added, meta):
-    """The shapes element of bin squares and the table that annotates them, modelled on Visium HD 8 µm bins."""
-    import anndata as ad
-    from spatialdata.models import TableModel
-
-    bins_key = f"{key_added}_bins"
-    shapes, obs = _sdata.bin_elements(
-        grid,
-        pred.rows,
-        pred.cols,
-        region=bins_key,
-        transformations=_sdata.element_transformations(sdata.images[image_key]),
-    )
-    table = ad.AnnData(
-        X=expression,
-        obs=obs,
-        var=pd.DataFrame(index=pd.Index(gene_names, name=None)),
-        layers={"std": spread},
-        obsm={"spatial": grid.centres_px(pred.rows, pred.cols), "X_histex": pred.embedding},
-        uns={"histex": _plain(meta)},
-    )
-    table = TableModel.parse(table, region=bins_key, region_key="region", instance_key="instance_id")
-    return shapes, table
 
 
 def _plain(value):

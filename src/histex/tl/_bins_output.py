@@ -1,0 +1,222 @@
+"""Where ``super_resolve`` puts its bins: arrays in memory, or chunked zarr arrays in the SpatialData's own store.
+
+The predictions are written block by block as :func:`histex.model.predict` yields them, so that a whole slide
+(500,000 bins x 1,000 genes is 2 GB in float32, twice with the spread) is never held twice, and on a backed
+SpatialData not even once. Until :meth:`BinsOutput.finish`, ``sdata`` shows nothing new: on a backed store the
+table is written under a staging name and renamed at the end; :meth:`BinsOutput.abort` removes whatever was staged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from histex import _sdata
+from histex._backing import STAGING_SUFFIX, drop_element, is_backed, quiet_zarr_notices
+from histex.model.predict import Prediction
+
+logger = logging.getLogger("histex")
+
+#: Bytes of float32 per zarr chunk of the bins x genes arrays (about 8 MB: rows x up to 256 genes).
+_CHUNK_BYTES = 8 * 2**20
+_CHUNK_GENES = 256
+
+
+class RowWriter:
+    """A zarr array filled from the top in contiguous row blocks of any size, written a whole chunk of rows at a
+    time: a chunk is compressed once, not re-read and rewritten for every block that touches it."""
+
+    def __init__(self, array):
+        self.array = array
+        self.shape = array.shape
+        self.dtype = array.dtype
+        self._chunk_rows = array.chunks[0]
+        self._pending: list[np.ndarray] = []
+        self._start = 0  # first row not yet written to the array
+        self._stop = 0  # first row not yet received
+
+    def __setitem__(self, rows: slice, values: np.ndarray) -> None:
+        if rows.start != self._stop:
+            raise ValueError(f"rows must arrive in order: expected a block from row {self._stop}, got {rows.start}.")
+        self._pending.append(np.asarray(values, dtype=self.dtype))
+        self._stop = rows.stop
+        aligned = self._start + (self._stop - self._start) // self._chunk_rows * self._chunk_rows
+        if self._stop == self.shape[0]:
+            aligned = self._stop
+        if aligned > self._start:
+            buffered = np.concatenate(self._pending)
+            n = aligned - self._start
+            self.array[self._start : aligned] = buffered[:n]
+            self._pending = [buffered[n:]] if n < len(buffered) else []
+            self._start = aligned
+
+
+class BinsOutput:
+    """The shapes element of bin squares and the table that annotates them, modelled on Visium HD 8 µm bins.
+
+    Parameters
+    ----------
+    sdata
+        Receives ``shapes[f"{key_added}_bins"]`` and ``tables[key_added]``.
+    key_added
+        Name of the table.
+    grid, rows, cols
+        The bin grid and the in-tissue bins, row-major.
+    transformations
+        Transformations of the bins (the image's).
+    gene_names
+        Genes, the table's ``var_names``.
+    embedding_dim
+        Width of ``obsm["X_histex"]``.
+    to_store
+        Write the arrays into ``sdata``'s zarr store as they are computed (needs a backed ``sdata``).
+    """
+
+    def __init__(
+        self, sdata, key_added: str, grid, rows, cols, transformations, gene_names, embedding_dim: int, to_store: bool
+    ):
+        self.sdata, self.key, self.bins_key = sdata, key_added, f"{key_added}_bins"
+        self.shapes, self.obs = _sdata.bin_elements(
+            grid, rows, cols, region=self.bins_key, transformations=transformations
+        )
+        self.var = pd.DataFrame(index=pd.Index(list(gene_names), name=None))
+        self.spatial = grid.centres_px(rows, cols)
+        self.rows, self.cols = rows, cols
+        self.shape = (len(rows), len(gene_names))
+        self.embedding_dim = embedding_dim
+        self.to_store = to_store
+        self._staged: dict[str, str] = {}  # kind -> staging name of what this run has written to the store
+        self.prediction: Prediction | None = None
+
+    def open(self) -> Prediction:
+        """The arrays that :func:`histex.model.predict` fills: in memory, or written to a staged table in the store."""
+        n_bins, n_genes = self.shape
+        if not self.to_store:
+            self.prediction = Prediction(
+                rows=self.rows,
+                cols=self.cols,
+                mean=np.empty(self.shape, dtype=np.float32),
+                spread=np.empty(self.shape, dtype=np.float32),
+                embedding=np.empty((n_bins, self.embedding_dim), dtype=np.float32),
+            )
+            return self.prediction
+        import anndata as ad
+        import dask.array as da
+        from anndata.io import write_elem
+
+        staging = self._stage("tables", self.key, self._table(ad.AnnData(obs=self.obs, var=self.var), uns={}))
+        group = self._zarr_group("tables", staging)
+        chunk_rows = max(1, min(n_bins, _CHUNK_BYTES // 4 // min(n_genes, _CHUNK_GENES)))
+        arrays = {}
+        for name, width in (("X", n_genes), ("layers/std", n_genes), ("obsm/X_histex", self.embedding_dim)):
+            parent, _, leaf = name.rpartition("/")
+            chunks = (chunk_rows, min(width, _CHUNK_GENES))
+            # zero chunks are not stored: this writes the arrays' metadata (as AnnData encodes them), no data
+            zeros = da.zeros((n_bins, width), dtype=np.float32, chunks=chunks)
+            with quiet_zarr_notices():
+                write_elem(group[parent] if parent else group, leaf, zeros, dataset_kwargs={"chunks": chunks})
+            arrays[name] = RowWriter(group[name])
+        logger.info("Writing the predictions into the SpatialData's store %s.", self.sdata.path)
+        self.prediction = Prediction(
+            rows=self.rows,
+            cols=self.cols,
+            mean=arrays["X"],
+            spread=arrays["layers/std"],
+            embedding=arrays["obsm/X_histex"],
+        )
+        return self.prediction
+
+    def write_bins(self) -> None:
+        """Write the bin squares to the store (staged); in memory they are placed by :meth:`finish`."""
+        if self.to_store:
+            self._stage("shapes", self.bins_key, self.shapes)
+
+    def finish(self, uns: dict) -> None:
+        """Put the bins and the table, with ``uns["histex"] = uns``, in ``sdata``, replacing earlier ones."""
+        import anndata as ad
+
+        for kind, key in (("shapes", self.bins_key), ("tables", self.key)):
+            if key in getattr(self.sdata, kind) or (self.to_store and f"{kind}/{key}" in self._on_disk()):
+                logger.info("Overwriting %r.", key)
+        pred = self.prediction
+        if not self.to_store:
+            self._drop("shapes", self.bins_key)
+            self._drop("tables", self.key)
+            self.sdata.shapes[self.bins_key] = self.shapes
+            layers, obsm = {"std": pred.spread}, {"X_histex": pred.embedding}
+            table = ad.AnnData(X=pred.mean, obs=self.obs, var=self.var, layers=layers, obsm=obsm)
+            self.sdata.tables[self.key] = self._table(table, uns)
+            return
+        import dask.array as da
+        from anndata.io import write_elem
+
+        table = self._table(ad.AnnData(obs=self.obs, var=self.var), uns)
+        with quiet_zarr_notices():
+            write_elem(self._zarr_group("tables", self._staged["tables"]), "uns", dict(table.uns))
+        # The old elements go only now that the new ones are complete; the staged ones take their names.
+        for kind, key in (("shapes", self.bins_key), ("tables", self.key)):
+            staging = self._staged[kind]
+            del getattr(self.sdata, kind)[staging]
+            if staging != key:
+                self._drop(kind, key)
+                folder = Path(self.sdata.path) / kind
+                (folder / staging).rename(folder / key)
+        self._staged = {}
+        if self.sdata.has_consolidated_metadata():
+            self.sdata.write_consolidated_metadata()
+        group = self._zarr_group("tables", self.key, mode="r")
+        table.X = da.from_zarr(group["X"])
+        table.layers["std"] = da.from_zarr(group["layers/std"])
+        table.obsm["X_histex"] = da.from_zarr(group["obsm/X_histex"])
+        self.sdata.shapes[self.bins_key] = self.shapes
+        self.sdata.tables[self.key] = table
+
+    def abort(self) -> None:
+        """Remove what this run staged in the store; ``sdata`` is as it was."""
+        for kind, staging in self._staged.items():
+            self._drop(kind, staging)
+        self._staged = {}
+
+    def _stage(self, kind: str, key: str, element) -> str:
+        """Write ``element`` to the store under ``key``, or under a staging name while ``key`` is taken."""
+        taken = key in getattr(self.sdata, kind) or f"{kind}/{key}" in self._on_disk()
+        staging = f"{key}{STAGING_SUFFIX}" if taken else key
+        self._drop(kind, staging)  # left over from an interrupted run
+        getattr(self.sdata, kind)[staging] = element
+        self._staged[kind] = staging
+        with quiet_zarr_notices():
+            self.sdata.write_element(staging)
+        return staging
+
+    def _table(self, table, uns: dict):
+        from spatialdata.models import TableModel
+
+        table.obsm["spatial"] = self.spatial
+        table.uns["histex"] = uns
+        return TableModel.parse(table, region=self.bins_key, region_key="region", instance_key="instance_id")
+
+    def _zarr_group(self, kind: str, name: str, mode: str = "r+"):
+        import zarr
+
+        return zarr.open_group(str(Path(self.sdata.path) / kind / name), mode=mode, use_consolidated=False)
+
+    def _on_disk(self) -> list[str]:
+        return self.sdata.elements_paths_on_disk() if self.to_store else []
+
+    def _drop(self, kind: str, name: str) -> None:
+        drop_element(self.sdata, kind, name, from_store=self.to_store)
+
+
+def wants_store(sdata, to_store: bool | None) -> bool:
+    """Resolve ``to_store``: ``None`` means 'when ``sdata`` is backed'; ``True`` on an unbacked ``sdata`` is an error."""
+    if to_store is None:
+        return is_backed(sdata)
+    if to_store and not is_backed(sdata):
+        raise ValueError(
+            "to_store=True needs a SpatialData backed by a zarr store (sdata.write(path) or spatialdata.read_zarr); "
+            "this one lives in memory."
+        )
+    return bool(to_store)
