@@ -101,7 +101,9 @@ def _leiden(values: np.ndarray, resolution: float, seed: int) -> np.ndarray:
     import scanpy as sc
 
     holder = ad.AnnData(obsm={"X_rep": values}, obs=pd.DataFrame(index=np.arange(len(values)).astype(str)))
-    sc.pp.neighbors(holder, use_rep="X_rep", random_state=seed)
+    # exact neighbours (scikit-learn): with scipy >= 1.15 the default pynndescent graph of more than 4,096 bins is a
+    # sparse array that scanpy 1.11 cannot read
+    sc.pp.neighbors(holder, use_rep="X_rep", transformer="sklearn", random_state=seed)
     sc.tl.leiden(holder, resolution=resolution, flavor="igraph", n_iterations=2, random_state=seed)
     return dm.by_size(holder.obs["leiden"].astype(int).to_numpy())
 
