@@ -95,9 +95,11 @@ def test_backed_sdata_gets_the_output_in_its_store(backed, small_toy, monkeypatc
     assert len(figure.axes) >= 2
 
 
-def test_failed_backed_run_leaves_the_store_as_it_was(backed, monkeypatch):
+def test_failed_backed_run_leaves_the_store_as_it_was(backed, monkeypatch, caplog):
     sdata, path = backed
-    hx.tl.super_resolve(sdata, **FAST)
+    with caplog.at_level("INFO", logger="histex"):
+        hx.tl.super_resolve(sdata, **FAST)
+    assert "Overwriting" not in caplog.text  # a first run replaces nothing
     old = np.asarray(sdata.tables["histex"].X).copy()
     before, paths_before = fingerprint(sdata), sorted(sdata.elements_paths_on_disk())
     module = importlib.import_module("histex.model.predict")  # the module, not the function of that name
@@ -117,7 +119,10 @@ def test_failed_backed_run_leaves_the_store_as_it_was(backed, monkeypatch):
     assert np.array_equal(reread.tables["histex"].X, old)
     assert sorted(reread.tables) == ["histex", "table", "truth"]
     monkeypatch.undo()
-    hx.tl.super_resolve(sdata, **{**FAST, "seed": 4})  # replaces it, on disk as well
+    caplog.clear()
+    with caplog.at_level("INFO", logger="histex"):
+        hx.tl.super_resolve(sdata, **{**FAST, "seed": 4})  # replaces it, on disk as well
+    assert "Overwriting 'histex_bins'" in caplog.text and "Overwriting 'histex'." in caplog.text
     reread = sd.read_zarr(path)
     assert (
         sorted(reread.tables) == ["histex", "table", "truth"] and sorted(sdata.elements_paths_on_disk()) == paths_before

@@ -139,7 +139,9 @@ class BinsOutput:
         import anndata as ad
 
         for kind, key in (("shapes", self.bins_key), ("tables", self.key)):
-            if key in getattr(self.sdata, kind) or (self.to_store and f"{kind}/{key}" in self._on_disk()):
+            # in the store, this run's elements were staged under another name only when the key was taken
+            replaces = self._staged.get(kind, key) != key if self.to_store else key in getattr(self.sdata, kind)
+            if replaces:
                 logger.info("Overwriting %r.", key)
         pred = self.prediction
         if not self.to_store:
