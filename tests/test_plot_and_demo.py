@@ -45,6 +45,23 @@ def test_genes_plot_has_panels_titles_and_pixels(resolved, tmp_path):
     plt.close(fig)
 
 
+def test_genes_plot_shows_the_spot_layer_that_was_fitted(small_toy):
+    """Spots trained from a layer (X holding log-normalised values) are drawn from that layer, per bin."""
+    sdata = sd.deepcopy(small_toy)
+    spots = sdata.tables["table"]
+    counts = np.asarray(spots.X.toarray() if hasattr(spots.X, "toarray") else spots.X, dtype=np.float32)
+    spots.layers["counts"] = counts.copy()
+    spots.X = np.log1p(counts)
+    hx.tl.super_resolve(sdata, layer="counts", epochs=2, n_states=1, genes=["Str_01"], show_progress=False)
+    fig = hx.pl.genes(sdata, "Str_01", image=False)
+    drawn = fig.axes[0].collections[0].get_array()
+    per_spot = sdata.tables["histex"].uns["histex"]["data"]["bins_per_spot"]
+    assert np.allclose(drawn, counts[:, list(spots.var_names).index("Str_01")] / per_spot)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 def test_genes_plot_without_truth_or_spots(resolved):
     fig = hx.pl.genes(resolved, "Str_01", spots=False, image=False)
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["Str_01: super-resolution"]

@@ -106,6 +106,9 @@ def genes(
         centres = sp.xy_px / bin_px - 0.5  # imshow puts bin c at [c - 0.5, c + 0.5)
         radius = sp.radius_px / bin_px
         per_spot = float(meta["bins_per_spot"])
+        # the spot values the network was trained on: the layer super_resolve read, which need not be X
+        spot_layer = table.uns["histex"]["params"].get("layer", "X")
+        spot_layer = None if spot_layer == "X" else spot_layer
 
     fig, axes = plt.subplots(
         len(genes), len(titles), figsize=(panel_size * len(titles), panel_size * len(genes)), squeeze=False
@@ -120,7 +123,7 @@ def genes(
             ax = axes[i, j]
             ax.set_facecolor("0.92")
             if title == "spots":
-                values = _column(sp.table, gene) / per_spot
+                values = _column(sp.table, gene, spot_layer) / per_spot
                 patches = [Circle((x, y), radius) for x, y in centres]
                 coll = PatchCollection(patches, cmap=cmap, linewidths=0, alpha=opacity)
                 coll.set_array(values)
