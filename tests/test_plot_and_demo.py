@@ -111,6 +111,20 @@ def test_cli_parses_demo_arguments(monkeypatch, tmp_path):
     assert seen["show_progress"] is False
 
 
+def test_command_line_runs_as_a_module():
+    """``python -m histex``, for a notebook's kernel whose PATH lacks the ``histex`` script."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "histex", *args], check=False, capture_output=True, text=True)
+
+    result = run("bench", "--help")
+    assert result.returncode == 0 and "--datasets" in result.stdout and result.stdout.startswith("usage: histex")
+    result = run("nonsense")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
 def _pixels_of(fig) -> np.ndarray:
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3]
