@@ -19,8 +19,17 @@ def test_every_tutorial_is_in_the_table_of_contents():
         assert re.search(rf"^tutorials/{notebook.stem}$", toc, flags=re.MULTILINE), notebook.name
 
 
+def _reads_real_data(notebook: Path) -> bool:
+    """Tutorials on the real files of ../shared/data skip with the other real-data tests when it is absent."""
+    return "shared/data" in notebook.read_text()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "notebook",
+    [pytest.param(nb, marks=[pytest.mark.realdata] if _reads_real_data(nb) else []) for nb in NOTEBOOKS],
+    ids=lambda p: p.stem,
+)
 def test_tutorial_executes(notebook):
     """Run the notebook top to bottom in a fresh kernel, from tutorials/ as a reader would; a cell that raises fails
     the test. The stored outputs must be an execution of the same cells: every code cell has run, in order."""
