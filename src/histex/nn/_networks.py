@@ -55,7 +55,7 @@ class HistexNet(nn.Module):
     hidden
         Widths of the MLP after fusion.
     nonlinear
-        LayerNorm + GELU between MLP layers (the published network has none).
+        GELU between MLP layers, without LayerNorm (the published network has no nonlinearity there).
     carry_context
         Let the fusion blocks pass the gene tokens' values through (see :class:`FusionBlock`).
     context_skip
