@@ -78,7 +78,8 @@ nitpicky = False
 # -- HTML ----------------------------------------------------------------------------------------------------------
 html_theme = "sphinx_book_theme"
 html_title = "histex"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 html_theme_options = {
     "use_download_button": True,
     "show_toc_level": 2,
