@@ -211,6 +211,13 @@ def read_spots(sdata, spots_key: str, table_key: str, image_key: str, coordinate
     return Spots(xy_px=xy_px, radius_px=float(np.median(radius)), table=table[rows])
 
 
+def fitted_layer(bins: AnnData) -> str | None:
+    """The layer of the spot table that :func:`histex.tl.super_resolve` fitted the bin table ``bins`` on; ``None``
+    for ``X``. Whatever shows or compares the spots beside the bins must read the same values."""
+    layer = bins.uns["histex"].get("params", {}).get("layer", "X")
+    return None if layer in (None, "X") else layer
+
+
 def check_spots_in_image(spots: Spots, shape_yx: tuple[int, int], image_key: str) -> None:
     x, y = spots.xy_px[:, 0], spots.xy_px[:, 1]
     outside = (x < 0) | (y < 0) | (x >= shape_yx[1]) | (y >= shape_yx[0])

@@ -106,9 +106,7 @@ def genes(
         centres = sp.xy_px / bin_px - 0.5  # imshow puts bin c at [c - 0.5, c + 0.5)
         radius = sp.radius_px / bin_px
         per_spot = float(meta["bins_per_spot"])
-        # the spot values the network was trained on: the layer super_resolve read, which need not be X
-        spot_layer = table.uns["histex"]["params"].get("layer", "X")
-        spot_layer = None if spot_layer == "X" else spot_layer
+        spot_layer = _sdata.fitted_layer(table)  # the values the network was trained on, which need not be X
 
     fig, axes = plt.subplots(
         len(genes), len(titles), figsize=(panel_size * len(titles), panel_size * len(genes)), squeeze=False

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 
+from histex import _sdata
 from histex.tl._annotate import bin_table, log_normalised
 
 logger = logging.getLogger("histex")
@@ -151,8 +152,7 @@ def _spots_source(sdata, table, spots_table_key: str | None) -> tuple[str | None
         raise KeyError(f"No table {spots_table_key!r}; tables: {', '.join(map(repr, sdata.tables))}.")
     layer = None
     if spots_table_key == recorded:  # read the spots as super_resolve did
-        recorded_layer = table.uns["histex"].get("params", {}).get("layer", "X")
-        layer = None if recorded_layer in (None, "X") else recorded_layer
+        layer = _sdata.fitted_layer(table)
     spots = sdata.tables[spots_table_key]
     if layer is not None and layer not in spots.layers:
         raise KeyError(f"No layer {layer!r} in the spot table {spots_table_key!r}; layers: {list(spots.layers)}.")
