@@ -223,6 +223,22 @@ def test_spots_on_bins_all_methods(fitted, method):
     assert 0.5 < out.X.sum() / expected < 2.0
 
 
+def test_spots_on_bins_reads_the_layer_that_was_fitted(fitted):
+    """Spots fitted from a layer, with log-normalised values in X, are placed on the bins from that layer."""
+    import spatialdata as sd
+
+    import histex as hx
+
+    sdata = sd.deepcopy(fitted)
+    spots = sdata.tables["table"]
+    counts = np.asarray(spots.X.toarray() if hasattr(spots.X, "toarray") else spots.X, dtype=np.float32)
+    spots.layers["counts"] = counts.copy()
+    spots.X = np.log1p(counts)
+    hx.tl.super_resolve(sdata, layer="counts", epochs=1, n_states=1, show_progress=False)
+    from_layer = spots_on_bins(sdata, method="nearest")
+    np.testing.assert_allclose(from_layer.X, spots_on_bins(fitted, method="nearest").X, rtol=1e-6)
+
+
 def test_spots_on_bins_idw_plumbing(fitted):
     # Without colour and with one neighbour, IDW is the nearest spot.
     nearest = spots_on_bins(fitted, method="nearest")

@@ -196,7 +196,8 @@ def spots_on_bins(
 ):
     """Place the measured spots onto the bins of a ``super_resolve`` table, as a baseline to compare with.
 
-    Spot counts are divided by the number of bins in a spot, so the result is in counts per bin like the table.
+    Spot counts (the layer the table was fitted on) are divided by the number of bins in a spot, so the result is
+    in counts per bin like the table.
 
     Parameters
     ----------
@@ -228,7 +229,9 @@ def spots_on_bins(
     table = sdata.tables[table_key]
     meta = table.uns["histex"]["data"]
     spots = _sdata.read_spots(sdata, meta["spots_key"], meta["table_key"], meta["image_key"], meta["coordinate_system"])
-    counts = spots.table[:, table.var_names].X
+    layer = _sdata.fitted_layer(table)  # the spot values the table was fitted on
+    counts = spots.table[:, table.var_names]
+    counts = counts.layers[layer] if layer is not None else counts.X
     counts = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
     per_bin = counts / float(meta["bins_per_spot"])
     query_xy = np.asarray(table.obsm["spatial"])
