@@ -44,15 +44,13 @@ def test_tutorial_executes(notebook):
     NotebookClient(
         fresh, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
     ).execute()
-    images = [
-        out
-        for cell in fresh.cells
-        if cell.cell_type == "code"
-        for out in cell.outputs
-        if "image/png" in out.get("data", {})
-    ]
-    stored_images = [out for cell in code for out in cell.outputs if "image/png" in out.get("data", {})]
-    assert len(images) == len(stored_images) > 0
+    assert _figures(fresh) == _figures(stored) > 0
+
+
+def _figures(notebook) -> int:
+    """PNG outputs of the notebook's code cells."""
+    cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    return sum("image/png" in out.get("data", {}) for cell in cells for out in cell.outputs)
 
 
 def public_functions() -> list[str]:

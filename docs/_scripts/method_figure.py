@@ -218,26 +218,20 @@ def loss_panel(ax, rng):
         Circle((x0 + centre[0] * cell, y0 + centre[1] * cell), radius * cell, fill=False, ec=GENE, lw=2.2, zorder=3)
     )
     ax.plot(x0 + centre[0] * cell, y0 + centre[1] * cell, "+", color="white", ms=9, mew=2, zorder=4)
-    ax.annotate(
-        "spot disk, 55 µm",
-        (x0 + (centre[0] + radius * 0.71) * cell, y0 + (centre[1] + radius * 0.71) * cell),
-        (4.95, 4.3),
-        fontsize=S * 8.5,
-        color=GENE,
-        ha="left",
-        va="center",
-        arrowprops={"arrowstyle": "-", "color": GENE, "lw": 1.0},
-    )
-    ax.annotate(
-        "8 µm bin",
-        (x0 + 8.5 * cell, y0 + 0.5 * cell),
-        (4.95, 0.45),
-        fontsize=S * 8.5,
-        color=GREY,
-        ha="left",
-        va="center",
-        arrowprops={"arrowstyle": "-", "color": GREY, "lw": 1.0},
-    )
+    for text, point, y, color in (
+        ("spot disk, 55 µm", centre + radius * 0.71, 4.3, GENE),
+        ("8 µm bin", (8.5, 0.5), 0.45, GREY),
+    ):
+        ax.annotate(
+            text,
+            (x0 + point[0] * cell, y0 + point[1] * cell),
+            (4.95, y),
+            fontsize=S * 8.5,
+            color=color,
+            ha="left",
+            va="center",
+            arrowprops={"arrowstyle": "-", "color": color, "lw": 1.0},
+        )
     ax.text(
         4.95,
         2.35,
