@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 from spatialdata.models import Image2DModel, ShapesModel, TableModel, get_model
@@ -418,3 +419,51 @@ def test_writes_and_reads_zarr(tmp_path):
     np.testing.assert_array_equal(back["table"].X.toarray(), sdata["table"].X.toarray())
     assert back["truth"].uns["toy"]["mpp"] == 0.5
     assert list(back["truth"].uns["programmes"].index) == list(COMPARTMENTS)
+
+
+def test_programme_seed_shares_programmes_across_sections():
+    sections = [toy(size_um=400, n_genes=20, seed=s, programme_seed=0) for s in range(4)]
+    first = sections[0]["truth"]
+    for sdata in sections[1:]:
+        truth = sdata["truth"]
+        assert list(truth.var_names) == list(first.var_names)
+        assert list(sdata["table"].var_names) == list(first.var_names)
+        pd.testing.assert_frame_equal(truth.uns["programmes"], first.uns["programmes"])
+        assert truth.uns["toy"]["programme_seed"] == 0
+    # the layout, spots and image are each section's own
+    for i, a in enumerate(sections):
+        for b in sections[i + 1 :]:
+            assert not np.array_equal(a["table"].obsm["spatial"][:5], b["table"].obsm["spatial"][:5])
+            assert not np.array_equal(a["truth"].obs["compartment"][:500], b["truth"].obs["compartment"][:500])
+    # without programme_seed the programmes follow seed
+    assert not toy(size_um=400, n_genes=20, seed=1)["truth"].uns["programmes"].equals(first.uns["programmes"])
+
+
+def test_programme_seed_equal_to_seed_is_the_default():
+    a = toy(size_um=400, n_genes=20, seed=5)
+    b = toy(size_um=400, n_genes=20, seed=5, programme_seed=5)
+    np.testing.assert_array_equal(_image(a), _image(b))
+    for key in ("table", "truth"):
+        np.testing.assert_array_equal(a[key].X.toarray(), b[key].X.toarray())
+    np.testing.assert_array_equal(a["truth"].layers["expected"], b["truth"].layers["expected"])
+    pd.testing.assert_frame_equal(a["truth"].uns["programmes"], b["truth"].uns["programmes"])
+    assert a["truth"].uns["toy"]["programme_seed"] == 5 and a["truth"].uns["toy"]["stain"] == [1.0, 1.0]
+
+
+def test_stain_changes_only_the_image():
+    plain = toy(size_um=400, n_genes=20, seed=2)
+    stained = toy(size_um=400, n_genes=20, seed=2, stain=(1.2, 0.9))
+    for key in ("table", "truth"):
+        np.testing.assert_array_equal(plain[key].X.toarray(), stained[key].X.toarray())
+    np.testing.assert_array_equal(plain["table"].obsm["spatial"], stained["table"].obsm["spatial"])
+    a, b = _image(plain), _image(stained)
+    assert a.shape == b.shape and b.dtype == np.uint8 and not np.array_equal(a, b)
+    from histex.sim import vary_stain
+
+    expected = vary_stain(np.moveaxis(a, 0, -1), haematoxylin=1.2, eosin=0.9)
+    np.testing.assert_array_equal(np.moveaxis(b, 0, -1), expected)
+    assert stained["truth"].uns["toy"]["stain"] == [1.2, 0.9]
+    with pytest.raises(ValueError, match="stain must be \\(haematoxylin, eosin\\)"):
+        toy(size_um=400, n_genes=20, stain=1.2)
+    with pytest.raises(ValueError, match="stain\\[1\\] \\(eosin\\) must be a positive number"):
+        toy(size_um=400, n_genes=20, stain=(1.0, 0.0))

@@ -17,6 +17,10 @@ MODEL_METHODS = ("histex", "image_only", "paper")
 BASELINE_METHODS = ("nearest", "linear", "cubic", "idw")
 METHODS = MODEL_METHODS + BASELINE_METHODS
 DATASETS = ("toy", "hgsc_nest", "hgsc_wsi")
+FAMILIES = ("toy", "hgsc_wsi")
+SECTIONS = ("A", "B", "C", "D")
+# (haematoxylin, eosin) of sections A-D of a family: any two differ by up to 20% in each stain, up and down.
+FAMILY_STAINS = ((1.0, 1.0), (1.1, 0.92), (0.92, 1.1), (1.08, 1.05))
 
 
 def _reset_peak_rss() -> None:
@@ -75,6 +79,108 @@ def load_dataset(
         sdata.tables["truth"].uns["window_px"] = np.asarray(window)
         return sdata
     raise ValueError(f"Unknown dataset {name!r}; available: {', '.join(DATASETS)}.")
+
+
+def load_family(
+    name: str,
+    *,
+    data_dir: Path | None = None,
+    n_genes: int = 60,
+    seed: int = 0,
+    toy_size_um: float = 1600,
+    square_px: int = 6000,
+    stains: Sequence[tuple[float, float]] | None = None,
+) -> list:
+    """Four sections, A to D, that share their expression programmes but differ in layout and stain (transfer).
+
+    Parameters
+    ----------
+    name
+        ``"toy"``: toy sections (:func:`histex.datasets.toy`) of seeds ``seed`` to ``seed + 3``, all with the
+        programmes of ``programme_seed=seed``, so that genes and ``uns["programmes"]`` are identical while tissue,
+        spots and counts differ. ``"hgsc_wsi"``: four disjoint ``square_px`` squares of the HGSC whole-slide
+        segmentation at 0.5 µm/px, greedily the richest in nuclei (the densest square, then the densest overlapping
+        none taken, ...), each with an H&E painted from its nuclei and tissue regions (:func:`histex.sim.paint_he`,
+        seed ``seed + i``) and counts from one programmes table, :func:`histex.sim.draw_programmes` of every nucleus
+        class of the slide (``seed``), shared by all four even where a square lacks a class.
+    data_dir
+        Folder with ``hgsc_nuclei_wsi.parquet`` and ``hgsc_tissue_wsi.parquet`` (``"hgsc_wsi"`` only).
+    n_genes
+        Genes of every section.
+    seed
+        Seeds the programmes; section ``i`` (0-3) also takes ``seed + i`` for its layout (toy), painting, counts
+        and spot lattice.
+    toy_size_um
+        Edge of each toy section in µm.
+    square_px
+        Edge of each HGSC square in pixels of 0.5 µm (6000: 3 mm).
+    stains
+        Four ``(haematoxylin, eosin)`` factors, one per section, applied with :func:`histex.sim.vary_stain`;
+        default :data:`FAMILY_STAINS`, ``(1, 1), (1.1, 0.92), (0.92, 1.1), (1.08, 1.05)``: any two sections'
+        strengths of a stain differ by up to 20%.
+
+    Returns
+    -------
+    list of spatialdata.SpatialData
+        Sections A, B, C, D, with ``dataset_id`` ``f"{name}_A"`` ... (the coordinate system and the names of
+        image and spots), each with ``tables["truth"]`` that :func:`histex.metrics.score` scores against as in
+        :func:`run_benchmark`. ``tables["truth"].uns["family"]``: ``name``, ``section``, ``seed`` (of the
+        section), ``programme_seed``, ``stain``; for ``"hgsc_wsi"`` also ``uns["window_px"]``, the square's
+        ``(x0, y0, x1, y1)`` in slide pixels.
+    """
+    import histex as hx
+    from histex.sim._stain import _check_factor
+
+    if name not in FAMILIES:
+        raise ValueError(f"Unknown family {name!r}; available: {', '.join(FAMILIES)}.")
+    stains = FAMILY_STAINS if stains is None else tuple(tuple(pair) for pair in stains)
+    if len(stains) != len(SECTIONS) or any(len(pair) != 2 for pair in stains):
+        raise ValueError(f"stains must be four (haematoxylin, eosin) pairs, one per section A-D; got {stains!r}.")
+    for letter, (h, e) in zip(SECTIONS, stains, strict=True):
+        _check_factor(f"stains of section {letter}: haematoxylin", h)
+        _check_factor(f"stains of section {letter}: eosin", e)
+
+    def family_uns(i: int) -> dict:
+        return {"name": name, "section": SECTIONS[i], "seed": seed + i, "programme_seed": seed,
+                "stain": [float(v) for v in stains[i]]}  # fmt: skip
+
+    sections = []
+    if name == "toy":
+        for i, (h, e) in enumerate(stains):
+            sdata = hx.datasets.toy(
+                size_um=toy_size_um, n_genes=n_genes, seed=seed + i, programme_seed=seed, stain=(h, e),
+                dataset_id=f"{name}_{SECTIONS[i]}",
+            )  # fmt: skip
+            sdata.tables["truth"].uns["family"] = family_uns(i)
+            sections.append(sdata)
+        return sections
+
+    import pyarrow.parquet as pq
+
+    from histex.sim._paint import _densest_windows, _polygon_bounds, _read_crop
+
+    files = ["hgsc_nuclei_wsi.parquet", "hgsc_tissue_wsi.parquet"]
+    if data_dir is None or not all((Path(data_dir) / f).is_file() for f in files):
+        raise FileNotFoundError(f"hgsc_wsi needs {' and '.join(files)} in data_dir={data_dir}.")
+    nuclei_path, tissue_path = (Path(data_dir) / f for f in files)
+    classes = pq.read_table(nuclei_path, columns=["class_name"]).column(0).unique().to_pylist()
+    programmes = hx.sim.draw_programmes(sorted(str(c) for c in classes), n_genes, seed=seed)
+    row_bounds = _polygon_bounds(nuclei_path)
+    origins = _densest_windows(row_bounds, square_px, len(SECTIONS))
+    for i, ((h, e), origin) in enumerate(zip(stains, origins, strict=True)):
+        nuclei, tissue, window = _read_crop(
+            nuclei_path, tissue_path, size_px=square_px, origin=origin, row_bounds=row_bounds
+        )
+        image = hx.sim.paint_he(nuclei, tissue, bounds=(0, 0, square_px, square_px), mpp=0.5, seed=seed + i)
+        image = hx.sim.vary_stain(image, haematoxylin=h, eosin=e)
+        sdata = hx.sim.from_nuclei(
+            image, nuclei, mpp=0.5, programmes=programmes, dataset_id=f"{name}_{SECTIONS[i]}", seed=seed + i
+        )
+        del image, nuclei, tissue  # the SpatialData holds its own copy of the image
+        sdata.tables["truth"].uns["window_px"] = np.asarray(window)
+        sdata.tables["truth"].uns["family"] = family_uns(i)
+        sections.append(sdata)
+    return sections
 
 
 def run_benchmark(

@@ -18,6 +18,7 @@ from scipy import ndimage, sparse
 from histex._sdata import bin_elements
 from histex.geometry import VISIUM_PITCH_UM, VISIUM_SPOT_DIAMETER_UM, BinGrid, hex_lattice
 from histex.sim._pseudo import sum_into_spots
+from histex.sim._stain import _check_factor, vary_stain
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -111,6 +112,8 @@ def toy(
     seed: int = 0,
     bin_size_um: float = 8.0,
     dataset_id: str = "toy",
+    programme_seed: int | None = None,
+    stain: tuple[float, float] = (1.0, 1.0),
 ) -> SpatialData:
     """A procedural Visium section with H&E-like image and ground truth on square bins.
 
@@ -136,6 +139,14 @@ def toy(
         Edge of the ground-truth bins in µm.
     dataset_id
         Name of the coordinate system and prefix of the element names, as in :func:`spatialdata_io.visium`.
+    programme_seed
+        Seed of the expression programmes alone (the gene rates of every compartment, ``uns["programmes"]``), in
+        place of ``seed``: sections of different ``seed`` and one ``programme_seed`` share their genes and
+        programmes exactly, while tissue layout, spots, counts and image differ. ``None``: ``seed`` (the same as
+        ``programme_seed=seed``).
+    stain
+        ``(haematoxylin, eosin)``: factors on the amount of each stain in the image (:func:`histex.sim.vary_stain`),
+        positive; ``(1, 1)`` leaves it as rendered. Only the image changes, not the tissue or the counts.
 
     Returns
     -------
@@ -170,7 +181,7 @@ def toy(
         ``obsm["spatial"]``: bin centres in pixels ``(x, y)``; ``obsm["compartment_fractions"]``: DataFrame of the
         fraction of each compartment in each bin. ``var`` adds ``group`` (the gene group).
         ``uns["programmes"]``: DataFrame compartments x genes of rates per fully covered bin;
-        ``uns["toy"]``: the parameters.
+        ``uns["toy"]``: the parameters (with ``programme_seed``, the seed the programmes came from, and ``stain``).
 
     Notes
     -----
@@ -217,11 +228,17 @@ def toy(
         raise ValueError(f"n_genes must be at least {len(_GROUPS)} (one per gene group), got {n_genes}.")
     if not dataset_id or dataset_id == "truth_bins":
         raise ValueError(f"dataset_id must be a non-empty name other than 'truth_bins', got {dataset_id!r}.")
+    if isinstance(stain, str) or np.ndim(stain) != 1 or len(stain) != 2:
+        raise ValueError(f"stain must be (haematoxylin, eosin), two positive factors (1 keeps a stain), got {stain!r}.")
+    _check_factor("stain[0] (haematoxylin)", stain[0])
+    _check_factor("stain[1] (eosin)", stain[1])
 
     # Independent streams, so that the image noise (which depends on mpp) cannot change the tissue or the counts.
     rng_tissue, rng_genes, rng_counts, rng_noise = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
     )
+    if programme_seed is not None:  # the same stream as seed=programme_seed would give, so the two agree
+        rng_genes = np.random.default_rng(np.random.SeedSequence(programme_seed).spawn(4)[1])
 
     # Tissue on a 1 µm grid a little larger than the section, so that every complete bin lies inside it.
     shape_f = (int(np.ceil(h_um)) + 2, int(np.ceil(w_um)) + 2)
@@ -266,6 +283,9 @@ def toy(
     )
 
     image = _render_image(lab, nuclei, texture, mpp, shape_px, rng_noise)
+    if tuple(stain) != (1, 1):
+        image = np.moveaxis(vary_stain(np.moveaxis(image, 0, -1), haematoxylin=stain[0], eosin=stain[1]), -1, 0)
+        image = np.ascontiguousarray(image)
     params = {
         "size_um": float(size_um) if np.isscalar(size_um) else [h_um, w_um],
         "mpp": float(mpp),
@@ -275,6 +295,8 @@ def toy(
         "pitch_um": VISIUM_PITCH_UM,
         "spot_diameter_um": VISIUM_SPOT_DIAMETER_UM,
         "dataset_id": dataset_id,
+        "programme_seed": int(seed if programme_seed is None else programme_seed),
+        "stain": [float(stain[0]), float(stain[1])],
     }
     return _assemble(
         dataset_id=dataset_id,

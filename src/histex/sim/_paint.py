@@ -467,22 +467,49 @@ def _densest_window(row_bounds: np.ndarray, size_px: int, *, cell_px: int = 250)
     Deterministic: ties go to the first window in row-major order. A slide smaller than the window gives its
     top-left corner.
     """
+    return _densest_windows(row_bounds, size_px, 1, cell_px=cell_px)[0]
+
+
+def _densest_windows(row_bounds: np.ndarray, size_px: int, n: int, *, cell_px: int = 250) -> list[tuple[int, int]]:
+    """Top-left corners of ``n`` disjoint ``size_px`` squares rich in polygon centres, on a grid of ``cell_px`` cells.
+
+    Greedy: the square with the most centres, then the one with the most among those that overlap no square taken,
+    and so on; ties go to the first window in row-major order. Squares may touch. A slide smaller than the window
+    gives its top-left corner (for ``n=1``). Raises when fewer than ``n`` disjoint squares with polygons fit.
+    """
     centre = (row_bounds[:, :2] + row_bounds[:, 2:]) / 2
     lo = np.floor(row_bounds[:, :2].min(axis=0)).astype(int)
     ij = np.floor((centre - lo) / cell_px).astype(np.intp)[:, ::-1]  # (row, col)
     counts = np.zeros(ij.max(axis=0) + 1)
     np.add.at(counts, (ij[:, 0], ij[:, 1]), 1)
     k = max(1, round(size_px / cell_px))
-    if counts.shape[0] <= k and counts.shape[1] <= k:
-        return int(lo[0]), int(lo[1])
+    if counts.shape[0] <= k and counts.shape[1] <= k and n == 1:
+        return [(int(lo[0]), int(lo[1]))]
     padded = np.pad(counts, ((0, max(k - counts.shape[0], 0)), (0, max(k - counts.shape[1], 0))))
     table = np.pad(padded.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     sums = table[k:, k:] - table[:-k, k:] - table[k:, :-k] + table[:-k, :-k]
-    i, j = np.unravel_index(np.argmax(sums), sums.shape)
-    return int(lo[0] + j * cell_px), int(lo[1] + i * cell_px)
+    apart = int(np.ceil(size_px / cell_px))  # windows closer than this many cells in both axes overlap
+    corners: list[tuple[int, int]] = []
+    for _ in range(n):
+        i, j = np.unravel_index(np.argmax(sums), sums.shape)
+        if corners and not sums[i, j] > 0:
+            raise ValueError(
+                f"Only {len(corners)} disjoint {size_px} px squares with polygons fit in the slide; ask for fewer "
+                f"squares or smaller ones."
+            )
+        corners.append((int(lo[0] + j * cell_px), int(lo[1] + i * cell_px)))
+        sums[max(0, i - apart + 1) : i + apart, max(0, j - apart + 1) : j + apart] = -1
+    return corners
 
 
-def _read_crop(nuclei_path, tissue_path=None, *, size_px: int, origin: tuple[int, int] | None = None):
+def _read_crop(
+    nuclei_path,
+    tissue_path=None,
+    *,
+    size_px: int,
+    origin: tuple[int, int] | None = None,
+    row_bounds: np.ndarray | None = None,
+):
     """A square crop of a whole-slide segmentation, in the crop's pixel frame.
 
     Parameters
@@ -493,6 +520,8 @@ def _read_crop(nuclei_path, tissue_path=None, *, size_px: int, origin: tuple[int
         Edge of the crop.
     origin
         ``(x, y)`` of its top-left corner in slide pixels; default: the window with the most nuclei.
+    row_bounds
+        :func:`_polygon_bounds` of ``nuclei_path``, when already read (several crops of one slide).
 
     Returns
     -------
@@ -501,7 +530,8 @@ def _read_crop(nuclei_path, tissue_path=None, *, size_px: int, origin: tuple[int
         ``tissue_path``), shifted so that the crop starts at ``(0, 0)``; ``window`` is ``(x0, y0, x1, y1)`` in
         slide pixels.
     """
-    row_bounds = _polygon_bounds(Path(nuclei_path))
+    if row_bounds is None:
+        row_bounds = _polygon_bounds(Path(nuclei_path))
     if origin is None:
         origin = _densest_window(row_bounds, size_px)
     x0, y0 = origin
