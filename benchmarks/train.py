@@ -40,8 +40,8 @@ from histex.model.context import context_points, nearest_context
 from histex.model.features import standardised_with_position
 from histex.model.fit import Problem, _SpotLoss, bins_per_spot, embedding_dim, train
 from histex.model.predict import predict
+from histex.model.settings import HistexSettings
 from histex.model.targets import TargetScaler
-from histex.tl._super_resolve import VARIANTS, fit_config
 
 SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "visium_spaceranger_1.0.0"
 SPOT_UM, PITCH_UM, BIN_UM = 55.0, 100.0, 8.0
@@ -119,8 +119,17 @@ def main() -> None:
     parser.add_argument("--store", action="store_true", help="stream the predictions into OUT/slide.zarr")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = VARIANTS["histex"]
-    epochs = args.epochs or settings["epochs"]
+    # super_resolve's settings: the histex variant, without the withheld windows of a model for H&E-only slides
+    settings = HistexSettings.preset(
+        "histex",
+        epochs=args.epochs,
+        n_states=args.states,
+        holdout=args.holdout,
+        patience=args.patience,
+        precision=args.precision,
+        he_only="none",
+    )
+    epochs = settings.epochs
     seconds: dict[str, float] = {}
 
     def stage(name: str, start: float) -> None:
@@ -136,7 +145,7 @@ def main() -> None:
     stage("synthetic slide", start)
 
     start = time.perf_counter()
-    scaler = TargetScaler.fit(counts, settings["targets"])
+    scaler = TargetScaler.fit(counts, settings.targets)
     y = scaler.transform(counts)
     context = context_points(spot_rc, y, pitch=PITCH_UM / BIN_UM)
     nearest_context(context, spot_rc, 5, exclude_spots=np.arange(len(spot_rc)))
@@ -153,16 +162,7 @@ def main() -> None:
     )
     del features
     window = geometry.window_size(problem.radius_bins)
-    config = fit_config(
-        {**settings, "epochs": epochs},
-        window=window,
-        n_states=args.states,
-        holdout=args.holdout,
-        patience=args.patience,
-        precision=args.precision,
-        device=args.device,
-        show_progress=False,
-    )
+    config = settings.fit_config(window=window, device=args.device, show_progress=False)
     _SpotLoss(problem, config, torch.device(args.device))
     stage("training set", start)
 

@@ -26,6 +26,8 @@ _SUBMODULES = (
 )
 
 __all__ = [
+    "HistexModel",
+    "HistexSettings",
     "__version__",
     "baselines",
     "datasets",
@@ -42,8 +44,15 @@ __all__ = [
 ]
 
 
+_CLASSES = {"HistexModel": "histex.tl", "HistexSettings": "histex.model"}
+
+
 def __getattr__(name: str):
     # Submodules load on first use, so that `import histex` stays fast and torch loads only when needed.
+    if name in _CLASSES:
+        value = getattr(importlib.import_module(_CLASSES[name]), name)
+        globals()[name] = value
+        return value
     if name in _SUBMODULES:
         module = importlib.import_module(f"histex.{name}")
         globals()[name] = module

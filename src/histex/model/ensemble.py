@@ -39,6 +39,29 @@ class Ensemble:
     def parameters(self) -> list[torch.Tensor]:
         return list(self.params.values())
 
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+    def to(self, device: torch.device | str) -> Ensemble:
+        """Move the parameters and buffers to ``device`` (in place; a no-op where they are)."""
+        device = torch.device(device)
+        if self.device != device:
+            self.params = {n: p.detach().to(device).requires_grad_() for n, p in self.params.items()}
+            self.buffers = {n: b.to(device) for n, b in self.buffers.items()}
+        return self
+
+    @classmethod
+    def from_state_dicts(cls, template: torch.nn.Module, state_dicts: list[dict[str, torch.Tensor]]) -> Ensemble:
+        """An ensemble of ``template``'s architecture with the given states (:meth:`state_dicts`); the keys and
+        shapes must be the architecture's exactly."""
+        networks = []
+        for state in state_dicts:
+            network = copy.deepcopy(template)
+            network.load_state_dict(state, strict=True)
+            networks.append(network)
+        return cls(networks)
+
     def __call__(
         self,
         image_tokens: torch.Tensor,

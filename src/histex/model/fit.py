@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from histex import geometry
 from histex._device import resolve_device
+from histex.model.checkpoint import Checkpoint, TrainingState
 from histex.model.context import ContextPoints, nearest_context
 from histex.model.ensemble import Ensemble, compute_dtype
 from histex.nn import HistexNet, ImageOnlyNet
@@ -48,6 +49,7 @@ class FitConfig:
     carry_context: bool = False
     context_skip: bool = False
     fusion_dropout: float = 0.0
+    context_withheld: float = 0.0
     dim: int = 128
     heads: int = 8
     holdout: float = 0.0
@@ -70,27 +72,37 @@ class _TokenGrid:
         rows, cols, d = features.shape
         self.shape = (rows, cols)
         self.flat = torch.from_numpy(np.ascontiguousarray(features).reshape(rows * cols, d)).to(device)
-        self.offsets = geometry.window_offsets(window)
+        self.window = window
 
     def indices(self, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flat indices ``(n, window**2)`` of the windows centred on ``anchors`` ``(n, 2)`` (row, col), and which
         of them lie on the grid (the others index bin 0 and must be zeroed)."""
-        rows, cols = self.shape
-        r = anchors[:, None, 0] + self.offsets[None, :, 0]
-        c = anchors[:, None, 1] + self.offsets[None, :, 1]
+        return self.window_indices(self.shape, self.window, anchors)
+
+    @staticmethod
+    def window_indices(shape: tuple[int, int], window: int, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = shape
+        offsets = geometry.window_offsets(window)
+        r = anchors[:, None, 0] + offsets[None, :, 0]
+        c = anchors[:, None, 1] + offsets[None, :, 1]
         inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
         return np.where(inside, r * cols + c, 0).astype(np.int64), inside
 
     def gather(self, index: torch.Tensor, inside: torch.Tensor | None) -> torch.Tensor:
         """Tokens ``(..., window**2, d)`` at ``index``; ``inside`` (same shape, or None when all are) zeroes the
         positions off the grid."""
-        tokens = self.flat[index]
-        return tokens if inside is None else tokens * inside[..., None]
+        return gather_tokens(self.flat, index, inside)
 
 
-def embedding_dim(config: FitConfig) -> int:
-    """Width of the embedding the network of :func:`build_network` returns beside its expression."""
-    return config.dim if config.use_context else config.hidden[-1]
+def gather_tokens(flat: torch.Tensor, index: torch.Tensor, inside: torch.Tensor | None) -> torch.Tensor:
+    tokens = flat[index]
+    return tokens if inside is None else tokens * inside[..., None]
+
+
+def embedding_dim(config: FitConfig, *, with_context: bool = True) -> int:
+    """Width of the embedding the network of :func:`build_network` returns beside its expression (without gene
+    tokens, the MLP's last hidden layer)."""
+    return config.dim if config.use_context and with_context else config.hidden[-1]
 
 
 def build_network(config: FitConfig, n_features: int, n_genes: int) -> torch.nn.Module:
@@ -105,6 +117,7 @@ def build_network(config: FitConfig, n_features: int, n_genes: int) -> torch.nn.
             carry_context=config.carry_context,
             context_skip=config.context_skip,
             fusion_dropout=config.fusion_dropout,
+            context_withheld=config.context_withheld,
         )
     return ImageOnlyNet(n_features, n_genes, hidden=config.hidden, nonlinear=config.nonlinear)
 
@@ -126,6 +139,14 @@ def _training_windows(problem: Problem, window: int) -> tuple[np.ndarray, np.nda
 def bins_per_spot(problem: Problem, window: int) -> float:
     """Mean number of bins in a spot's disk: the divisor that maps spot counts to counts per bin."""
     return float(_training_windows(problem, window)[1].sum(axis=1).mean())
+
+
+def bins_per_disk(radius_bins: float, window: int) -> float:
+    """Bins in the disk of a spot that lies wholly on the grid, averaged over where its centre falls in a bin (for
+    a section without spots)."""
+    offsets = (np.arange(8) + 0.5) / 8
+    centres = np.stack(np.meshgrid(offsets, offsets, indexing="ij"), axis=-1).reshape(-1, 2) + window
+    return float(geometry.disk_masks(centres, radius_bins, window)[1].sum(axis=1).mean())
 
 
 @dataclass
@@ -156,46 +177,82 @@ def holdout_split(n_spots: int, n_states: int, share: float, seed: int) -> list[
     return [np.sort(order[(i * n_held + np.arange(n_held)) % n_spots]) for i in range(n_states)]
 
 
-def train(problem: Problem, config: FitConfig) -> tuple[Ensemble, History]:
-    """Train ``n_states`` independently seeded networks together.
+def train(
+    problems: Problem | list[Problem],
+    config: FitConfig,
+    *,
+    checkpoint: Checkpoint | None = None,
+    init: Ensemble | None = None,
+) -> tuple[Ensemble, History]:
+    """Train ``n_states`` independently seeded networks together, on the spots of one or several sections.
 
-    Each state holds out ``config.holdout`` of the spots and keeps the parameters of the epoch with the lowest
-    loss on them; training stops when no state has improved for ``config.patience`` epochs, or after
-    ``config.epochs``. Without held-out spots every state trains on all spots for ``config.epochs`` epochs.
+    Batches mix the spots of all sections. Each state holds out ``config.holdout`` of the spots and keeps the
+    parameters of the epoch with the lowest loss on them; training stops when no state has improved for
+    ``config.patience`` epochs, or after ``config.epochs``. Without held-out spots every state trains on all spots
+    for ``config.epochs`` epochs.
+
+    With ``checkpoint``, the whole training state (parameters, optimiser, random generators, history) is saved
+    every ``checkpoint.every`` epochs, and a fit that finds a checkpoint of the same problem resumes from it: it
+    ends with the weights an uninterrupted fit would have (on the CPU, where every operation is deterministic).
+
+    With ``init``, training continues from that ensemble's parameters (fine-tuning; they are updated in place)
+    instead of fresh ones.
     """
+    problems = [problems] if isinstance(problems, Problem) else list(problems)
+    if not problems:
+        raise ValueError("Nothing to train on: no sections were given.")
     device = resolve_device(config.device)
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):  # seeding the states must not change the caller's RNG
-        return _train(problem, config, device)
+        return _train(problems, config, device, checkpoint, init)
 
 
 class _SpotLoss:
     """Each state's loss on spots: the mean squared error between the spot's target and the mean of the network's
-    predictions over the bins of its disk."""
+    predictions over the bins of its disk.
 
-    def __init__(self, problem: Problem, config: FitConfig, device: torch.device):
+    The spots of all sections are numbered one after another; their windows index one table of every section's
+    tokens (on the CPU, one section's table is a view of its features, not a copy).
+    """
+
+    def __init__(self, problems: Problem | list[Problem], config: FitConfig, device: torch.device):
+        problems = [problems] if isinstance(problems, Problem) else problems
         self.device, self.use_context = device, config.use_context
-        self.grid = _TokenGrid(problem.features, config.window, device)
-        anchors, masks = _training_windows(problem, config.window)
-        index, inside = self.grid.indices(anchors)
-        self.token_idx = torch.from_numpy(index).to(device)
+        grids = [_TokenGrid(p.features, config.window, device) for p in problems]
+        self.flat = grids[0].flat if len(grids) == 1 else torch.cat([g.flat for g in grids])
+        del grids
+        token_idx, token_inside, masks, ctx_idx, ctx_values = [], [], [], [], []
+        token_offset = ctx_offset = 0
+        for p in problems:
+            anchors, mask = _training_windows(p, config.window)
+            index, inside = _TokenGrid.window_indices(p.tissue.shape, config.window, anchors)
+            token_idx.append(index + token_offset)
+            token_inside.append(inside)
+            masks.append(mask)
+            token_offset += p.tissue.size
+            if config.use_context:
+                exclude = np.arange(len(p.targets)) if config.context_dropout == "self" else None
+                ctx_idx.append(
+                    nearest_context(p.context, p.spot_rc, config.k_context, exclude_spots=exclude) + ctx_offset
+                )
+                ctx_values.append(p.context.values)
+                ctx_offset += len(p.context)
+        inside = np.concatenate(token_inside)
+        self.token_idx = torch.from_numpy(np.concatenate(token_idx)).to(device)
         self.token_inside = torch.from_numpy(inside.astype(np.float32)).to(device)
         self.off_grid = ~inside.all(axis=1)  # most spots' windows lie wholly on the grid: no zeroing for them
-        self.mask = torch.from_numpy(masks.astype(np.float32)).to(device)
-        self.targets = torch.from_numpy(problem.targets).to(device)
+        self.mask = torch.from_numpy(np.concatenate(masks).astype(np.float32)).to(device)
+        self.targets = torch.from_numpy(np.concatenate([p.targets for p in problems])).to(device)
         if config.use_context:
-            n_spots = len(problem.targets)
-            exclude = np.arange(n_spots) if config.context_dropout == "self" else None
-            ctx_idx = nearest_context(problem.context, problem.spot_rc, config.k_context, exclude_spots=exclude)
-            self.ctx_idx = torch.from_numpy(ctx_idx).to(device)
-            self.ctx_values = torch.from_numpy(problem.context.values).to(device)
+            self.ctx_idx = torch.from_numpy(np.concatenate(ctx_idx)).to(device)
+            self.ctx_values = torch.from_numpy(np.concatenate(ctx_values)).to(device)
         self.dtype = compute_dtype(config.precision, device)
 
     def __call__(self, ensemble: Ensemble, spots: np.ndarray) -> torch.Tensor:
         """Loss per state and spot ``(n_states, n)`` for ``spots`` ``(n_states, n)`` (each state its own)."""
         idx = torch.from_numpy(spots).to(self.device)
         inside = self.token_inside[idx] if self.off_grid[spots].any() else None
-        tokens = self.grid.gather(self.token_idx[idx], inside)
+        tokens = gather_tokens(self.flat, self.token_idx[idx], inside)
         genes = self.ctx_values[self.ctx_idx[idx]] if self.use_context else None
         pred, _ = ensemble(tokens, genes, dtype=self.dtype)
         m = self.mask[idx]
@@ -203,15 +260,26 @@ class _SpotLoss:
         return (spot_pred - self.targets[idx]).square().mean(-1)
 
 
-def _train(problem: Problem, config: FitConfig, device: torch.device) -> tuple[Ensemble, History]:
-    spot_loss = _SpotLoss(problem, config, device)
-    n_spots, n_genes = problem.targets.shape
+def new_ensemble(config: FitConfig, n_features: int, n_genes: int, device: torch.device) -> Ensemble:
+    """``config.n_states`` networks, state ``i`` initialised from seed ``config.seed + i`` (as if trained alone)."""
     networks = []
     for state in range(config.n_states):
-        torch.manual_seed(config.seed + state)  # each state's initialisation, as if it were trained alone
-        networks.append(build_network(config, problem.features.shape[-1], n_genes).to(device))
-    ensemble = Ensemble(networks)
-    del networks
+        torch.manual_seed(config.seed + state)
+        networks.append(build_network(config, n_features, n_genes).to(device))
+    return Ensemble(networks)
+
+
+def _train(
+    problems: list[Problem], config: FitConfig, device: torch.device, checkpoint: Checkpoint | None, init
+) -> tuple[Ensemble, History]:
+    spot_loss = _SpotLoss(problems, config, device)
+    n_spots, n_genes = spot_loss.targets.shape
+    if init is None:
+        ensemble = new_ensemble(config, problems[0].features.shape[-1], n_genes, device)
+    else:
+        if init.n_states != config.n_states:
+            raise ValueError(f"init has {init.n_states} states, the settings {config.n_states}.")
+        ensemble = init.to(device)
     # fused: one kernel for all parameters instead of a dozen per tensor (a tenth of a CPU step)
     optimiser = torch.optim.Adam(ensemble.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda"))
     torch.manual_seed(config.seed)  # dropout masks
@@ -224,13 +292,22 @@ def _train(problem: Problem, config: FitConfig, device: torch.device) -> tuple[E
     batch_size = config.batch_size or default_batch_size(n_spots)
     n_batches = -(-n_train // batch_size)
 
-    loss_history = np.zeros((config.n_states, config.epochs), dtype=np.float32)
-    val_history = np.zeros((config.n_states, config.epochs if held_idx.shape[1] else 0), dtype=np.float32)
-    best_loss = np.full(config.n_states, np.inf)
-    best_epoch = np.full(config.n_states, config.epochs)
-    best = None
-    epochs_run = config.epochs
-    for epoch in tqdm(range(config.epochs), desc="training", disable=not config.show_progress, leave=False):
+    state = TrainingState(
+        epoch=0,
+        loss=np.zeros((config.n_states, config.epochs), dtype=np.float32),
+        validation=np.zeros((config.n_states, config.epochs if held_idx.shape[1] else 0), dtype=np.float32),
+        best_loss=np.full(config.n_states, np.inf),
+        best_epoch=np.full(config.n_states, config.epochs),
+        best=None,
+        stopped=False,
+    )
+    if checkpoint is not None:
+        checkpoint.bind(config, spot_loss.targets, problems)
+        state = checkpoint.restore(state, ensemble, optimiser, orders)
+    epochs = range(state.epoch, config.epochs if not state.stopped else state.epoch)
+    for epoch in tqdm(
+        epochs, desc="training", disable=not config.show_progress, leave=False, initial=state.epoch, total=config.epochs
+    ):
         ensemble.train()
         # Every state reshuffles its own spots every epoch.
         order = np.stack([fitted[s][torch.randperm(n_train, generator=g).numpy()] for s, g in enumerate(orders)])
@@ -242,37 +319,46 @@ def _train(problem: Problem, config: FitConfig, device: torch.device) -> tuple[E
             losses.sum().backward()  # the states share no parameters: each gets its own gradient
             optimiser.step()
             total += losses.detach() * idx.shape[1]
-        loss_history[:, epoch] = (total / n_train).cpu().numpy()
-        if not val_history.shape[1]:
-            continue
-        val_history[:, epoch] = _held_out_loss(ensemble, spot_loss, held_idx, batch_size)
-        improved = val_history[:, epoch] < best_loss
-        if improved.any():
-            fresh = ensemble.snapshot()
-            if best is None:
-                best = fresh
-            flags = torch.from_numpy(improved).to(device)
-            for name in best:
-                best[name][flags] = fresh[name][flags]
-            best_loss[improved] = val_history[improved, epoch]
-            best_epoch[improved] = epoch + 1
-        if (epoch + 1 - best_epoch >= config.patience).all():
-            epochs_run = epoch + 1
+        state.loss[:, epoch] = (total / n_train).cpu().numpy()
+        state.epoch = epoch + 1
+        if state.validation.shape[1]:
+            _track_best(state, ensemble, _held_out_loss(ensemble, spot_loss, held_idx, batch_size), config, device)
+        if checkpoint is not None and (state.stopped or checkpoint.due(state.epoch, config.epochs)):
+            checkpoint.save(state, ensemble, optimiser, orders)
+        if state.stopped:
             break
-    if best is not None:
-        ensemble.restore(best)
+    if state.best is not None:
+        ensemble.restore(state.best)
     ensemble.eval()
+    epochs_run = state.epoch
     history = History(
-        loss=loss_history[:, :epochs_run], validation=val_history[:, :epochs_run], best_epoch=best_epoch.copy()
+        loss=state.loss[:, :epochs_run], validation=state.validation[:, :epochs_run], best_epoch=state.best_epoch.copy()
     )
     logger.info(
         "Trained %d states for %d epochs; kept epochs %s; loss %s.",
         config.n_states,
         epochs_run,
-        best_epoch.tolist(),
+        state.best_epoch.tolist(),
         np.round(history.loss[:, -1], 5).tolist(),
     )
     return ensemble, history
+
+
+def _track_best(state: TrainingState, ensemble: Ensemble, val: np.ndarray, config: FitConfig, device) -> None:
+    """The stopping rule: keep each state's parameters of its best epoch on held-out spots; stop on patience."""
+    epoch = state.epoch - 1
+    state.validation[:, epoch] = val
+    improved = val < state.best_loss
+    if improved.any():
+        fresh = ensemble.snapshot()
+        if state.best is None:
+            state.best = fresh
+        flags = torch.from_numpy(improved).to(device)
+        for name in state.best:
+            state.best[name][flags] = fresh[name][flags]
+        state.best_loss[improved] = val[improved]
+        state.best_epoch[improved] = epoch + 1
+    state.stopped = bool((epoch + 1 - state.best_epoch >= config.patience).all())
 
 
 @torch.no_grad()

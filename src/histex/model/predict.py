@@ -76,7 +76,8 @@ def predict_blocks(ensemble: Ensemble, problem: Problem, config: FitConfig) -> I
     first_slot_of_row = np.searchsorted(tissue_rows, np.arange(rows + 1))
     anchors = prediction_windows(problem.tissue, config.window, config.stride)
     tops = anchors[:, 0] - config.window // 2
-    if config.use_context:
+    use_context = config.use_context and problem.context is not None  # a slide without spots: image alone
+    if use_context:
         centres = anchors + 0.5  # the centre of the anchor bin is the centre of the window
         ctx_idx = nearest_context(problem.context, centres, config.k_context)
         ctx_values = torch.from_numpy(problem.context.values).to(device)
@@ -90,7 +91,7 @@ def predict_blocks(ensemble: Ensemble, problem: Problem, config: FitConfig) -> I
         index, inside = grid.indices(a)
         off_grid = None if inside.all() else torch.from_numpy(inside.astype(np.float32)).to(device)
         tokens = grid.gather(torch.from_numpy(index).to(device), off_grid)
-        genes = ctx_values[torch.from_numpy(ctx_idx[start : start + step]).to(device)] if config.use_context else None
+        genes = ctx_values[torch.from_numpy(ctx_idx[start : start + step]).to(device)] if use_context else None
         preds, embeddings = ensemble(tokens, genes, shared=True, dtype=dtype)  # (states, b, window**2, genes)
         preds = preds.float()
         if ensemble.n_states > 1:
@@ -150,7 +151,7 @@ def predict(
             cols=tissue_cols,
             mean=np.empty((n_bins, n_genes), dtype=np.float32),
             spread=np.empty((n_bins, n_genes), dtype=np.float32),
-            embedding=np.empty((n_bins, embedding_dim(config)), dtype=np.float32),
+            embedding=np.empty((n_bins, embedding_dim(config, with_context=problem.context is not None)), np.float32),
         )
     for block in predict_blocks(ensemble, problem, config):
         rows = slice(block.start, block.stop)

@@ -66,11 +66,16 @@ class HistexNet(nn.Module):
         which is the spot being fitted, so with few spots the network can learn each spot by heart through them;
         withholding them makes the MLP learn a per-bin mapping from the image that the fused tokens then refine.
         Prediction always uses them.
+    context_withheld
+        At training, the share of windows that see no expression at all: the fused tokens and the context mean
+        are both withheld, so the MLP learns to predict each bin from its image alone, as it must on a slide
+        without spots (``gene_tokens=None``).
 
     Forward
     -------
-    ``image_tokens (batch, n_bins, n_features)``, ``gene_tokens (batch, k, n_genes)`` ->
-    ``(expression (batch, n_bins, n_genes), embedding (batch, n_bins, dim))``.
+    ``image_tokens (batch, n_bins, n_features)``, ``gene_tokens (batch, k, n_genes)`` or ``None`` (no spots) ->
+    ``(expression (batch, n_bins, n_genes), embedding (batch, n_bins, dim))``. Without gene tokens the fused
+    tokens and the context mean are zero, and the embedding is the MLP's last hidden layer ``(..., hidden[-1])``.
     """
 
     def __init__(
@@ -86,12 +91,17 @@ class HistexNet(nn.Module):
         carry_context: bool = False,
         context_skip: bool = False,
         fusion_dropout: float = 0.0,
+        context_withheld: float = 0.0,
     ):
         super().__init__()
         if not 0 <= fusion_dropout < 1:
             raise ValueError(f"fusion_dropout must be in [0, 1), got {fusion_dropout}.")
+        if not 0 <= context_withheld < 1:
+            raise ValueError(f"context_withheld must be in [0, 1), got {context_withheld}.")
         self.context_skip = context_skip
         self.fusion_dropout = fusion_dropout
+        self.context_withheld = context_withheld
+        self.n_genes = n_genes
         self.blocks = nn.ModuleList(
             [
                 FusionBlock(n_features if i == 0 else dim, n_genes, dim, heads, carry_context=carry_context)
@@ -101,13 +111,22 @@ class HistexNet(nn.Module):
         self.mlp = mlp(dim + n_features + (n_genes if context_skip else 0), hidden, nonlinear=nonlinear)
         self.head = PositiveHead(hidden[-1], n_genes)
 
-    def forward(self, image_tokens: torch.Tensor, gene_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image_tokens: torch.Tensor, gene_tokens: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if gene_tokens is None:
+            return self._image_alone(image_tokens)
         fused = image_tokens
         for block in self.blocks:
             fused = block(fused, gene_tokens)
         shown = fused
         if self.training and self.fusion_dropout > 0:
             shown = fused * (torch.rand(fused.shape[0], 1, 1, device=fused.device) >= self.fusion_dropout)
+        context_mean = gene_tokens.mean(dim=1)
+        if self.training and self.context_withheld > 0:
+            kept = torch.rand(fused.shape[0], 1, device=fused.device) >= self.context_withheld
+            shown = shown * kept[:, :, None]
+            context_mean = context_mean * kept
         per_bin = torch.cat([shown, image_tokens], dim=-1)
         if not self.context_skip:
             return self.head(self.mlp(per_bin)), fused
@@ -117,8 +136,18 @@ class HistexNet(nn.Module):
         first = self.mlp[0]
         w_bins, w_context = first.weight.split([per_bin.shape[-1], gene_tokens.shape[-1]], dim=1)
         h = nn.functional.linear(per_bin, w_bins, first.bias)
-        h = h + nn.functional.linear(gene_tokens.mean(dim=1), w_context)[:, None, :]
+        h = h + nn.functional.linear(context_mean, w_context)[:, None, :]
         return self.head(self.mlp[1:](h)), fused
+
+    def _image_alone(self, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MLP with the fused tokens and the context mean at zero (what ``context_withheld`` trains); the
+        embedding is the MLP's last hidden layer, as :class:`ImageOnlyNet`'s."""
+        dim = self.blocks[-1].linear.out_features
+        first = self.mlp[0]
+        # zero inputs contribute nothing: only the image columns of the first layer act
+        w_image = first.weight[:, dim : dim + image_tokens.shape[-1]]
+        h = self.mlp[1:](nn.functional.linear(image_tokens, w_image, first.bias))
+        return self.head(h), h
 
 
 class ImageOnlyNet(nn.Module):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from histex.pl._underlay import check_alpha, draw_underlay, underlay
+
+logger = logging.getLogger("histex")
 
 
 def raster(table, values: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -65,7 +69,7 @@ def genes(
         A table of ground-truth bins on the same grid (``obs["array_row"]``, ``obs["array_col"]``), e.g.
         ``"truth"`` of :func:`histex.datasets.toy`.
     spots
-        Show the measured spots.
+        Show the measured spots (not for a table predicted without spots, from an H&E-only slide).
     image
         Draw the H&E beneath the maps (when one is found; else the maps are drawn alone and the reason logged).
     image_key
@@ -95,6 +99,9 @@ def genes(
     beneath = underlay(sdata, table, table_key, image_key) if image else None
     opacity = alpha if beneath is not None else 1.0
     meta = table.uns["histex"]["data"]
+    if spots and str(meta.get("spots_key", "None")) == "None":
+        logger.info("Table %r was predicted without spots (an H&E-only slide): no spot panels.", table_key)
+        spots = False
     shape = tuple(int(v) for v in meta["grid_shape"])
     truth = sdata.tables[truth_key] if truth_key is not None else None
     titles = (["ground truth"] if truth is not None else []) + (["spots"] if spots else []) + ["super-resolution"]

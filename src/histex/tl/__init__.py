@@ -2,7 +2,8 @@
 
 from histex.tl._annotate import annotate
 from histex.tl._enrich import enrich
+from histex.tl._model import HistexModel
 from histex.tl._patterns import spatial_patterns
 from histex.tl._super_resolve import VARIANTS, super_resolve
 
-__all__ = ["VARIANTS", "annotate", "enrich", "spatial_patterns", "super_resolve"]
+__all__ = ["VARIANTS", "HistexModel", "annotate", "enrich", "spatial_patterns", "super_resolve"]

@@ -222,3 +222,47 @@ def wants_store(sdata, to_store: bool | None) -> bool:
             "this one lives in memory."
         )
     return bool(to_store)
+
+
+def check_output_keys(sdata, key_added: str) -> None:
+    """The output names must be free, or hold an earlier histex result (which is then replaced)."""
+    bins_key = f"{key_added}_bins"
+    ours = key_added in sdata.tables and "histex" in sdata.tables[key_added].uns
+    for name, store in ((bins_key, sdata.shapes), (key_added, sdata.tables)):
+        taken = name in sdata.images or name in sdata.labels or name in sdata.points or name in sdata.shapes
+        taken = taken or name in sdata.tables
+        if taken and not (ours and name in store):
+            raise ValueError(
+                f"key_added={key_added!r} would write {name!r}, which names an element of the input; "
+                "choose another key_added."
+            )
+
+
+def versions() -> dict[str, str]:
+    """Versions of histex and the packages its results depend on, for ``uns``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("histex", "torch", "numpy", "spatialdata", "anndata", "scanpy"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "unknown"
+    return out
+
+
+def plain(value):
+    """Something AnnData can write: nested dicts of strings, numbers and arrays; None becomes 'None'."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        if all(isinstance(v, str) for v in value):
+            return np.array(value, dtype=object) if value else np.array([], dtype=str)
+        if value and all(isinstance(v, dict) for v in value):
+            return {str(i): plain(v) for i, v in enumerate(value)}
+        return np.asarray(value)
+    if value is None:
+        return "None"
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

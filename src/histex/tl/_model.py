@@ -1,0 +1,641 @@
+"""``HistexModel``: a HISTEX ensemble you fit on sections, keep on disk, and apply to new sections."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from histex import _sdata, geometry
+from histex.model import Problem, TargetScaler, context_points
+from histex.model.checkpoint import Checkpoint
+from histex.model.ensemble import Ensemble, compute_dtype
+from histex.model.features import fit_scaling, tissue_moments, tokens
+from histex.model.fit import FitConfig, bins_per_spot, default_batch_size, embedding_dim, resolve_device, train
+from histex.model.predict import predict
+from histex.model.settings import PRESETS, HistexSettings
+from histex.tl import _trained as model_folder
+from histex.tl._bins_output import BinsOutput, check_output_keys, plain, versions, wants_store
+from histex.tl._sections import SectionInputs, dense_counts, has_spots, log_section, read_inputs, select_genes
+from histex.tl._trained import Trained, check_features, check_same_encoder, encoder_record
+
+logger = logging.getLogger("histex")
+
+
+class HistexModel:
+    """A HISTEX model: fit it on one or several sections, save it, load it, and predict new sections.
+
+    The model owns the ensemble, the genes, the scaling of the counts and of the image features, and a record of the
+    encoder and the sections it was trained on. :func:`histex.tl.super_resolve` is this model fitted on one section
+    and predicting the same section.
+
+    Parameters
+    ----------
+    variant
+        ``"histex"`` (default), ``"image_only"`` (the iStar design) or ``"paper"`` (the published settings): a
+        preset of :class:`~histex.model.settings.HistexSettings`.
+    settings
+        Settings to start from instead of the variant's preset.
+    **overrides
+        Fields of :class:`~histex.model.settings.HistexSettings` to change (``epochs=``, ``n_states=``, ...).
+
+    Examples
+    --------
+    >>> model = hx.HistexModel(epochs=60).fit([sdata_a, sdata_b])  # doctest: +SKIP
+    >>> model.save("model/")  # doctest: +SKIP
+    >>> hx.HistexModel.load("model/").predict(sdata_new)  # doctest: +SKIP
+    """
+
+    def __init__(self, variant: str = "histex", *, settings: HistexSettings | None = None, **overrides):
+        if settings is None:
+            settings = HistexSettings.preset(variant, **overrides)
+        elif overrides:
+            settings = settings.replace(**{k: v for k, v in overrides.items() if v is not None})
+        if variant not in PRESETS:
+            raise ValueError(f"variant must be one of {list(PRESETS)}, got {variant!r}.")
+        self.variant = variant
+        self.settings = settings
+        self.timings: dict[str, float] = {}
+        self._trained: Trained | None = None
+
+    # --- what it is ---------------------------------------------------------------------------------------------
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether the model has been fitted or loaded."""
+        return self._trained is not None
+
+    @property
+    def genes(self) -> list[str]:
+        """The genes the model predicts, in the order of its output tables' ``var_names``."""
+        return list(self._need_trained().genes)
+
+    @property
+    def history(self):
+        """The training loss per state and epoch (and on held-out spots), as a :class:`pandas.DataFrame`:
+        columns ``state``, ``epoch``, ``loss``, ``validation``."""
+        import pandas as pd
+
+        h = self._need_trained().history
+        n_states, epochs = h.loss.shape
+        return pd.DataFrame(
+            {
+                "state": np.repeat(np.arange(n_states), epochs),
+                "epoch": np.tile(np.arange(1, epochs + 1), n_states),
+                "loss": h.loss.ravel(),
+                "validation": h.validation.ravel() if h.validation.size else np.full(h.loss.size, np.nan),
+            }
+        )
+
+    def __repr__(self) -> str:
+        head = (
+            f"HistexModel(variant={self.variant!r}, n_states={self.settings.n_states}, epochs={self.settings.epochs})"
+        )
+        if self._trained is None:
+            return f"{head}: not trained"
+        t = self._trained
+        sections = t.data["sections"]
+        names = ", ".join(f"{s['name']} ({s['n_spots']} spots)" for s in sections)
+        encoder = (t.encoder or {}).get("model", "unknown encoder")
+        return (
+            f"{head}: trained on {len(sections)} section(s): {names}; {len(t.genes)} genes, "
+            f"{len(t.feature_channels)} {encoder} features on {t.bin_size_um:g} µm bins, "
+            f"{t.history.epochs} epochs"
+        )
+
+    # --- fitting ------------------------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        sdata,
+        *,
+        genes: Sequence[str] | None = None,
+        n_top_genes: int = 1000,
+        layer: str | None = None,
+        image_key: str | None = None,
+        spots_key: str | None = None,
+        table_key: str | None = None,
+        features_key: str | None = None,
+        coordinate_system: str | None = None,
+        mpp: float | None = None,
+        bin_size_um: float = 8.0,
+        spot_diameter_um: float = geometry.VISIUM_SPOT_DIAMETER_UM,
+        device: str | None = None,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 5,
+        show_progress: bool = True,
+    ) -> HistexModel:
+        """Train the ensemble on the spots of one section or several.
+
+        Batches mix the spots of all sections; the genes are shared by all of them; each section's image features
+        are standardised with its own statistics (``feature_scaling="section"``) or all with the same
+        (``"global"``).
+
+        Parameters
+        ----------
+        sdata
+            A :class:`spatialdata.SpatialData`, or a list of them, each with spots, their counts and image
+            features from :func:`histex.pp.extract_features` (the same encoder and bin size for all).
+        genes
+            Genes to predict, present in every section; default the ``n_top_genes`` most variable of the genes all
+            sections share (``seurat_v3`` on the spot counts).
+        n_top_genes
+            Number of highly variable genes when ``genes`` is not given.
+        layer
+            Layer of the tables with the counts; default ``X``.
+        image_key, spots_key, table_key, features_key, coordinate_system
+            Elements of each section; found automatically when unambiguous.
+        mpp
+            Microns per pixel of the images; by default from the reader's metadata or the spot lattice.
+        bin_size_um
+            Bin edge in µm; must match the features.
+        spot_diameter_um
+            Diameter of a spot's capture area, whose bins the disk loss averages (55 µm on Visium).
+        device
+            ``"cpu"``, ``"cuda"``, ``"mps"``; ``None`` picks cuda, then mps, then cpu.
+        checkpoint_dir
+            Save the training state there every ``checkpoint_every`` epochs (atomically); a fit that finds a
+            checkpoint of the same data and settings there resumes from it, and ends with the weights an
+            uninterrupted fit would have had.
+        checkpoint_every
+            Epochs between checkpoints.
+        show_progress
+            Show progress bars.
+
+        Returns
+        -------
+        The model, trained.
+        """
+        self._fit(
+            _as_list(sdata),
+            genes=genes,
+            n_top_genes=n_top_genes,
+            layer=layer,
+            image_key=image_key,
+            spots_key=spots_key,
+            table_key=table_key,
+            features_key=features_key,
+            coordinate_system=coordinate_system,
+            mpp=mpp,
+            bin_size_um=bin_size_um,
+            spot_diameter_um=spot_diameter_um,
+            device=device,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            show_progress=show_progress,
+        )
+        return self
+
+    def fine_tune(
+        self,
+        sdata,
+        *,
+        epochs: int = 5,
+        lr: float | None = None,
+        layer: str | None = None,
+        image_key: str | None = None,
+        spots_key: str | None = None,
+        table_key: str | None = None,
+        features_key: str | None = None,
+        coordinate_system: str | None = None,
+        mpp: float | None = None,
+        device: str | None = None,
+        show_progress: bool = True,
+    ) -> HistexModel:
+        """Train the fused ensemble a few more epochs on the spots of a new section (in place), before predicting it.
+
+        The genes, the count scaling and the feature scaling stay the model's: the section is read as
+        :meth:`predict` reads it. The image-only states (``he_only="image_states"``) are left as they are.
+
+        Parameters
+        ----------
+        sdata
+            A section with spots (counts of the model's genes) and features of the model's encoder.
+        epochs
+            Passes over the section's spots.
+        lr
+            Learning rate; default the model's.
+        layer, image_key, spots_key, table_key, features_key, coordinate_system, mpp
+            As for :meth:`predict`.
+        device
+            Where to train; default where the model is.
+        show_progress
+            Show a progress bar.
+
+        Returns
+        -------
+        The model, fine-tuned; ``data["fine_tuned"]`` of the manifest lists the sections and epochs.
+        """
+        trained = self._need_trained()
+        if int(epochs) != epochs or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {epochs}.")
+        torch_device = resolve_device(device) if device is not None else trained.ensemble.device
+        layer = layer if layer is not None else _none_if_x(trained.data["layer"])
+        inputs = read_inputs(
+            sdata, use_spots=True, image_key=image_key, spots_key=spots_key, table_key=table_key,
+            features_key=features_key, coordinate_system=coordinate_system, mpp=mpp, bin_size_um=trained.bin_size_um,
+        )  # fmt: skip
+        check_features(self._trained, inputs)
+        problem = self._problem(inputs, self._spot_counts(inputs, layer))
+        config = self._config(trained.window, torch_device, show_progress)
+        config = replace(config, epochs=int(epochs), lr=lr or config.lr, holdout=0.0)
+        _, history = train([problem], config, init=trained.ensemble)
+        trained.ensemble.eval()
+        tuned = trained.data.setdefault("fine_tuned", [])
+        tuned.append({"name": inputs.name, "epochs": int(epochs), "loss": history.loss[:, -1].tolist()})
+        return self
+
+    def fit_predict(
+        self,
+        sdata,
+        *,
+        key_added: str = "histex",
+        to_store: bool | None = None,
+        device: str | None = None,
+        show_progress: bool = True,
+        **fit_args,
+    ) -> str:
+        """Fit on one section and predict its bins, reading and preparing the section once
+        (:func:`histex.tl.super_resolve`). ``fit_args`` are those of :meth:`fit`; returns ``key_added``."""
+        check_output_keys(sdata, key_added)
+        to_store = wants_store(sdata, to_store)
+        timer, (inputs,), (problem,) = self._fit([sdata], device=device, show_progress=show_progress, **fit_args)
+        network = self._network_for(True, resolve_device(device), show_progress)
+        return self._write(sdata, inputs, problem, network, key_added=key_added, to_store=to_store, timer=timer)
+
+    def _fit(
+        self,
+        sections: list,
+        *,
+        genes=None,
+        n_top_genes: int = 1000,
+        layer: str | None = None,
+        bin_size_um: float = 8.0,
+        spot_diameter_um: float = geometry.VISIUM_SPOT_DIAMETER_UM,
+        device=None,
+        checkpoint_dir=None,
+        checkpoint_every: int = 5,
+        show_progress: bool = True,
+        **keys,
+    ) -> tuple[_Timer, list[SectionInputs], list[Problem]]:
+        """Read the sections, train, and keep what prediction needs; the sections as read and their problems
+        are returned for a prediction of the same section (:meth:`fit_predict`)."""
+        torch_device = resolve_device(device)
+        compute_dtype(self.settings.precision, torch_device)  # refuses an unknown precision before any work
+        checkpoint = Checkpoint(checkpoint_dir, checkpoint_every) if checkpoint_dir is not None else None
+        timer = _Timer()
+        inputs = [read_inputs(s, use_spots=True, bin_size_um=bin_size_um, **keys) for s in sections]
+        for i in inputs:
+            _sdata.check_spot_radius(i.spots, i.mpp, spot_diameter_um)
+        counts, gene_names = select_genes(
+            [i.spots.table for i in inputs], layer=layer, genes=genes, n_top_genes=n_top_genes
+        )
+        for i in inputs:
+            log_section(i, len(gene_names))
+        timer.lap("inputs")
+
+        check_same_encoder(inputs)
+        s = self.settings
+        scaler = TargetScaler.fit(np.concatenate(counts), s.targets)
+        targets = [scaler.transform(c) for c in counts]
+        contexts = [
+            context_points(i.spot_rc, y, pitch=i.pitch_px / i.grid.bin_px) if s.use_context else None
+            for i, y in zip(inputs, targets, strict=True)
+        ]
+        timer.lap("context")
+        pairs = [(i.features.data, i.features.tissue) for i in inputs]
+        moments = [tissue_moments(f, t) for f, t in pairs]
+        scaling = fit_scaling(
+            pairs,
+            per_section=s.feature_scaling == "section",
+            n_components=s.feature_components,
+            positions=s.positions,
+            moments=moments,
+        )
+        radius_bins = spot_diameter_um / 2 / bin_size_um
+        problems = [
+            Problem(tokens(f, t, scaling, moments=m), t, i.spot_rc, radius_bins, y, ctx)
+            for (f, t), m, i, y, ctx in zip(pairs, moments, inputs, targets, contexts, strict=True)
+        ]
+        timer.lap("prepare")
+
+        window = geometry.window_size(radius_bins)
+        config = self._config(window, torch_device, show_progress)
+        ensemble, history = train(problems, config, checkpoint=checkpoint)
+        image_ensemble = None
+        if s.use_context and s.he_only == "image_states":
+            image_config = s.image_only().fit_config(window=window, device=torch_device, show_progress=show_progress)
+            if checkpoint is not None:
+                checkpoint = Checkpoint(checkpoint.folder / "image_states", checkpoint.every)
+            image_ensemble, _ = train(problems, image_config, checkpoint=checkpoint)
+        n_spots = [len(p.targets) for p in problems]
+        self._trained = Trained(
+            ensemble=ensemble,
+            history=history,
+            image_ensemble=image_ensemble,
+            scaler=scaler,
+            scaling=scaling,
+            genes=list(gene_names),
+            feature_channels=list(inputs[0].features.names),
+            encoder=encoder_record(inputs[0]),
+            bin_size_um=float(bin_size_um),
+            spot_diameter_um=float(spot_diameter_um),
+            window=window,
+            bins_per_spot=float(np.average([bins_per_spot(p, window) for p in problems], weights=n_spots)),
+            data={
+                "layer": layer or "X",
+                "genes_given": genes is not None,
+                "n_top_genes": n_top_genes,
+                "sections": [i.describe() for i in inputs],
+            },
+            batch_size=config.batch_size or default_batch_size(sum(n_spots)),
+            device=str(torch_device),
+        )
+        timer.lap("train")
+        self.timings = dict(timer.timings)
+        return timer, inputs, problems
+
+    def _config(self, window: int, device, show_progress: bool) -> FitConfig:
+        return self.settings.fit_config(window=window, device=device, show_progress=show_progress)
+
+    # --- predicting ---------------------------------------------------------------------------------------------
+
+    def predict(
+        self,
+        sdata,
+        *,
+        key_added: str = "histex",
+        use_spots: bool | str = "auto",
+        to_store: bool | None = None,
+        layer: str | None = None,
+        image_key: str | None = None,
+        spots_key: str | None = None,
+        table_key: str | None = None,
+        features_key: str | None = None,
+        coordinate_system: str | None = None,
+        mpp: float | None = None,
+        device: str | None = None,
+        show_progress: bool = True,
+    ) -> str:
+        """Predict the 8 µm bins of a section, with its own spots as context or from its image alone.
+
+        No retraining: the section's features are standardised as the model's settings say (with the section's
+        own statistics by default), and its spots, if used, are scaled as the training counts were.
+
+        Parameters
+        ----------
+        sdata
+            A :class:`spatialdata.SpatialData` with the H&E image and its features from
+            :func:`histex.pp.extract_features` (same encoder, weights and bin size as the model's), and optionally
+            spots with counts of the model's genes.
+        key_added
+            Name of the output table; the bins are ``shapes[f"{key_added}_bins"]``.
+        use_spots
+            ``"auto"``: the section's spots when it has them and their table has the model's genes; ``True``: they
+            must be there; ``False``: predict from the image alone (an H&E-only slide).
+        to_store
+            Write into ``sdata``'s zarr store chunk by chunk (``None``: when ``sdata`` is backed).
+        layer
+            Layer of the spot table; default the one the model was fitted on.
+        image_key, spots_key, table_key, features_key, coordinate_system
+            Elements to use; found automatically when unambiguous.
+        mpp
+            Microns per pixel; by default from the spot lattice, or (without spots) the features' record.
+        device
+            Where to run; default where the model is.
+        show_progress
+            Show a progress bar.
+
+        Returns
+        -------
+        str
+            ``key_added``. ``sdata`` gains ``shapes[f"{key_added}_bins"]`` and ``tables[key_added]``, as
+            :func:`histex.tl.super_resolve` writes them; ``uns["histex"]["params"]["use_spots"]`` says whether
+            the spots were used.
+        """
+        trained = self._need_trained()
+        if use_spots not in ("auto", True, False):
+            raise ValueError(f"use_spots must be 'auto', True or False, got {use_spots!r}.")
+        check_output_keys(sdata, key_added)
+        to_store = wants_store(sdata, to_store)
+        torch_device = resolve_device(device) if device is not None else trained.ensemble.device
+        timer = _Timer()
+        layer = layer if layer is not None else _none_if_x(trained.data["layer"])
+        if use_spots == "auto":
+            use_spots = has_spots(sdata, spots_key, table_key, trained.genes, layer)
+        network = self._network_for(use_spots, torch_device, show_progress)  # refuses before any work
+        inputs = read_inputs(
+            sdata, use_spots=use_spots, image_key=image_key, spots_key=spots_key, table_key=table_key,
+            features_key=features_key, coordinate_system=coordinate_system, mpp=mpp, bin_size_um=trained.bin_size_um,
+        )  # fmt: skip
+        check_features(self._trained, inputs)
+        counts = self._spot_counts(inputs, layer) if use_spots else None
+        log_section(inputs, len(trained.genes))
+        timer.lap("inputs")
+        problem = self._problem(inputs, counts)
+        timer.lap("prepare")
+        return self._write(sdata, inputs, problem, network, key_added=key_added, to_store=to_store, timer=timer)
+
+    def _spot_counts(self, inputs: SectionInputs, layer: str | None) -> np.ndarray:
+        genes = self._trained.genes
+        have = set(map(str, inputs.spots.table.var_names))
+        missing = [g for g in genes if g not in have]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise ValueError(
+                f"The spot table {inputs.table_key!r} lacks {len(missing)} of the model's {len(genes)} genes "
+                f"({shown}); use_spots=False predicts from the image alone."
+            )
+        return dense_counts(inputs.spots.table, genes, layer)
+
+    def _problem(self, inputs: SectionInputs, counts: np.ndarray | None) -> Problem:
+        """A section to predict: its tokens, and its spots as context when there are counts."""
+        t, s = self._trained, self.settings
+        feats = inputs.features
+        n_genes = len(t.genes)
+        if counts is None:
+            spot_rc, y, context = np.zeros((0, 2)), np.zeros((0, n_genes), dtype=np.float32), None
+        else:
+            spot_rc, y = inputs.spot_rc, t.scaler.transform(counts)
+            context = context_points(spot_rc, y, pitch=inputs.pitch_px / inputs.grid.bin_px) if s.use_context else None
+        return Problem(
+            features=tokens(feats.data, feats.tissue, t.scaling),
+            tissue=feats.tissue,
+            spot_rc=spot_rc,
+            radius_bins=t.spot_diameter_um / 2 / t.bin_size_um,
+            targets=y,
+            context=context,
+        )
+
+    def _network_for(self, use_spots: bool, device, show_progress: bool) -> _Network:
+        """The ensemble and settings that predict a section with or without its spots, and how (for ``uns``)."""
+        ensemble, config, how = self._choose_network(use_spots, device, show_progress)
+        return _Network(ensemble, config, how, bool(use_spots))
+
+    def _choose_network(self, use_spots: bool, device, show_progress: bool) -> tuple[Ensemble, FitConfig, str]:
+        t, s = self._trained, self.settings
+        if not s.use_context:
+            return t.ensemble.to(device), self._config(t.window, device, show_progress), "image_only"
+        if use_spots:
+            return t.ensemble.to(device), self._config(t.window, device, show_progress), "spots"
+        if s.he_only == "image_states":
+            config = s.image_only().fit_config(window=t.window, device=device, show_progress=show_progress)
+            return t.image_ensemble.to(device), config, "image_states"
+        if s.he_only == "withheld":
+            return t.ensemble.to(device), self._config(t.window, device, show_progress), "withheld"
+        raise ValueError(
+            "This model was trained with he_only='none' and cannot predict a section without spots. Fit one with "
+            "HistexModel(he_only='image_states') (the default), or predict a section with spots (use_spots=True)."
+        )
+
+    def _write(self, sdata, inputs, problem, network, *, key_added, to_store, timer) -> str:
+        t = self._trained
+        ensemble, config, how, use_spots = network
+        per_spot = bins_per_spot(problem, t.window) if len(problem.spot_rc) else t.bins_per_spot
+        tissue_rows, tissue_cols = np.nonzero(problem.tissue)
+        output = BinsOutput(
+            sdata,
+            key_added,
+            inputs.grid,
+            tissue_rows,
+            tissue_cols,
+            transformations=inputs.transformations,
+            gene_names=t.genes,
+            embedding_dim=embedding_dim(config, with_context=problem.context is not None),
+            to_store=to_store,
+        )
+        timer.lap("write")
+        try:
+            # Into the output's arrays block by block (in memory, or the store's chunks): the slide's predictions
+            # exist once. Nothing shows in sdata until finish(); a failure removes what was staged in the store.
+            to_counts = t.scaler.block_to_counts_per_bin(per_spot)
+            predict(ensemble, problem, config, transform=to_counts, out=output.open())
+            timer.lap("predict")
+            output.write_bins()
+            timer.lap("write")
+            meta = self._meta(inputs, problem, config, per_spot, use_spots=use_spots, to_store=to_store)
+            meta["model"]["prediction"] = how
+            meta["timings"] = dict(timer.timings)
+            output.finish(plain(meta))
+        except BaseException:
+            output.abort()
+            raise
+        logger.info("Wrote shapes %r and table %r (%d bins x %d genes).", output.bins_key, key_added, *output.shape)
+        return key_added
+
+    def _meta(self, inputs, problem, config, per_spot, *, use_spots, to_store) -> dict:
+        """``uns["histex"]`` of a predicted table: the settings, the section, the network and the training."""
+        t = self._trained
+        params = {
+            "variant": self.variant,
+            **self.settings.to_dict(),
+            "epochs_run": t.history.epochs,
+            "bin_size_um": t.bin_size_um,
+            "window": t.window,
+            "device": str(config.device),
+            "batch_size": t.batch_size,
+            "genes_given": t.data["genes_given"],
+            "n_top_genes": t.data["n_top_genes"],
+            "layer": t.data["layer"],
+            "to_store": to_store,
+            "use_spots": bool(use_spots),
+        }
+        spots = inputs.spots
+        data = {
+            "image_key": inputs.image_key,
+            "spots_key": inputs.spots_key,
+            "table_key": inputs.table_key,
+            "features_key": inputs.features_key,
+            "feature_channels": list(inputs.features.names),
+            "coordinate_system": inputs.coordinate_system,
+            "mpp": inputs.mpp,
+            "mpp_source": inputs.mpp_source,
+            "spot_diameter_um": t.spot_diameter_um,
+            "circle_diameter_um": None if spots is None else 2 * spots.radius_px * inputs.mpp,
+            "radius_bins": problem.radius_bins,
+            "n_spots": len(problem.spot_rc),
+            "grid_shape": list(inputs.grid.shape),
+            "bin_px": inputs.grid.bin_px,
+            "bins_per_spot": per_spot,
+        }
+        network = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(replace(config, device=None)).items()}
+        return {
+            "params": params,
+            "data": data,
+            "network": {k: v for k, v in network.items() if v is not None},
+            "versions": versions(),
+            "history": {"loss": t.history.loss, "validation": t.history.validation, "best_epoch": t.history.best_epoch},
+            "model": {
+                "he_only": self.settings.he_only,
+                "trained_on": [s["name"] for s in t.data["sections"]],
+                "n_training_spots": [s["n_spots"] for s in t.data["sections"]],
+                "encoder": t.encoder or {},
+            },
+        }
+
+    # --- keeping ------------------------------------------------------------------------------------------------
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Save the trained model to the folder ``path``: the weights of every state as safetensors and a JSON
+        manifest (settings, genes, scalings, encoder, what it was trained on, history).
+
+        The folder is written under a temporary name and renamed when complete: it is there whole or not at all.
+        An existing folder is replaced only with ``overwrite=True``.
+        """
+        path = model_folder.save(self._need_trained(), self.variant, self.settings, path, overwrite=overwrite)
+        logger.info("Saved the model to %s.", path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | None = None) -> HistexModel:
+        """Load a model saved with :meth:`save`, onto ``device`` (``None``: cuda, then mps, then cpu).
+
+        The files are checked against the manifest's checksums and nothing is unpickled; a folder of a newer
+        schema than this histex reads is refused with the version to upgrade to.
+        """
+        variant, settings, trained = model_folder.load(path, device)
+        model = cls(variant, settings=settings)
+        model._trained = trained
+        logger.info("Loaded %r.", model)
+        return model
+
+    def _need_trained(self) -> Trained:
+        if self._trained is None:
+            raise RuntimeError("The model is not trained: call model.fit(sdata) first, or HistexModel.load(path).")
+        return self._trained
+
+
+class _Network(NamedTuple):
+    """What predicts a section: the ensemble, its settings, how (``uns["histex"]["model"]["prediction"]``)."""
+
+    ensemble: Ensemble
+    config: FitConfig
+    how: str
+    use_spots: bool
+
+
+class _Timer:
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = round(self.timings.get(stage, 0.0) + now - self._clock, 3)
+        self._clock = now
+
+
+def _none_if_x(layer: str | None) -> str | None:
+    return None if layer in (None, "X") else layer
+
+
+def _as_list(sdata) -> list:
+    sections = list(sdata) if isinstance(sdata, list | tuple) else [sdata]
+    if not sections:
+        raise ValueError("fit needs at least one SpatialData; got an empty list.")
+    return sections
