@@ -79,7 +79,7 @@ print("JSON " + json.dumps(result))
 EOF
 
 "$PY" - "$OUT" "$start" <<'EOF'
-import json, sys, time
+import json, re, sys, time
 from pathlib import Path
 
 out, start = Path(sys.argv[1]), float(sys.argv[2])
@@ -92,7 +92,8 @@ for name in ("tests", "features", "features_compiled", "train", "model"):
     if found:
         entry["result"] = json.loads(found[-1])
     if name == "tests":
-        entry["summary"] = next((l for l in reversed(log.splitlines()) if " passed" in l or " failed" in l), "")
+        counts = r"\d+ (passed|failed|skipped|deselected|errors?)"
+        entry["summary"] = next((l for l in reversed(log.splitlines()) if re.search(counts, l)), "")
     if name == "train" and (out / "train" / "train.json").is_file():
         entry["result"] = json.loads((out / "train" / "train.json").read_text())
     if status.get("rc"):
