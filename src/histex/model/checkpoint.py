@@ -74,8 +74,8 @@ class Checkpoint:
         for i, moments in optimiser.state_dict()["state"].items():
             tensors.update({f"adam/{i}/{key}": torch.as_tensor(v) for key, v in moments.items()})
         tensors["rng/torch"] = torch.get_rng_state()
-        if torch.cuda.is_available() and ensemble.parameters()[0].is_cuda:
-            tensors["rng/cuda"] = torch.cuda.get_rng_state(ensemble.parameters()[0].device)
+        if ensemble.device.type == "cuda":
+            tensors["rng/cuda"] = torch.cuda.get_rng_state(ensemble.device)
         for s, generator in enumerate(orders):
             tensors[f"rng/order/{s}"] = generator.get_state()
         tensors["history/loss"] = torch.from_numpy(state.loss)
@@ -97,12 +97,11 @@ class Checkpoint:
         if not self.path.is_file():
             return state
         from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_file
 
         try:
-            with safe_open(str(self.path), framework="pt") as f:
+            with safe_open(str(self.path), framework="pt") as f:  # one read: the metadata and the tensors
                 meta = json.loads((f.metadata() or {}).get("histex", "{}"))
-            tensors = load_file(str(self.path))
+                tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
         except (SafetensorError, OSError, ValueError) as error:
             raise ValueError(
                 f"The checkpoint {self.path} cannot be read ({error}); delete it to start the fit afresh."
@@ -112,7 +111,7 @@ class Checkpoint:
                 f"{self.folder} holds a checkpoint of another fit (other settings or data); pass another "
                 "checkpoint_dir, or delete that one to start afresh."
             )
-        device = ensemble.parameters()[0].device
+        device = ensemble.device
         with torch.no_grad():
             for name, p in ensemble.params.items():
                 p.copy_(tensors[f"param/{name}"])

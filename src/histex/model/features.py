@@ -125,38 +125,37 @@ def _scale(std: np.ndarray) -> np.ndarray:
 
 
 def _merge_moments(moments) -> tuple[int, np.ndarray, np.ndarray]:
-    """``(count, mean, std)`` of sections together from each one's (Chan's formula)."""
+    """``(count, mean, std)`` of sections together from each one's."""
     count, mean, m2 = 0, np.zeros_like(moments[0][1]), np.zeros_like(moments[0][1])
-    for k, band_mean, band_std in moments:
-        if k == 0:
-            continue
-        delta = band_mean - mean
-        total = count + k
-        mean = mean + delta * (k / total)
-        m2 = m2 + np.square(band_std) * k + np.square(delta) * (count * k / total)
-        count = total
+    for k, part_mean, part_std in moments:
+        count, mean, m2 = _chan(count, mean, m2, k, part_mean, np.square(part_std) * k)
     return count, mean, np.sqrt(m2 / max(count, 1))
 
 
+def _chan(count: int, mean: np.ndarray, m2: np.ndarray, k: int, part_mean: np.ndarray, part_m2: np.ndarray):
+    """Count, mean and sum of squared deviations of two groups merged (Chan's formula, which keeps the precision
+    of a two-pass variance)."""
+    if k == 0:
+        return count, mean, m2
+    delta = part_mean - mean
+    total = count + k
+    return total, mean + delta * (k / total), m2 + part_m2 + np.square(delta) * (count * k / total)
+
+
 def tissue_moments(features, tissue: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """Number of tissue bins, and per-channel mean and standard deviation over the tissue bins, in float64, from one pass over bands of rows
-    (stored feature maps are chunked over all channels at once: a channel at a time would read the store once per
-    channel). Bands are merged with Chan's formula, which keeps the precision of a two-pass variance."""
+    """Number of tissue bins, and per-channel mean and standard deviation over them, in float64, from one pass over
+    bands of rows (stored feature maps are chunked over all channels at once: a channel at a time would read the
+    store once per channel). Bands are merged with Chan's formula."""
     n = features.shape[0]
     count, mean, m2 = 0, np.zeros(n), np.zeros(n)
     for r0 in range(0, tissue.shape[0], _ROWS_PER_CHUNK):
         rows = slice(r0, r0 + _ROWS_PER_CHUNK)
         x = np.asarray(features[:, rows], dtype=np.float32)[:, tissue[rows]].astype(np.float64)
-        k = x.shape[1]
-        if k == 0:
+        if x.shape[1] == 0:
             continue
         band_mean = x.mean(axis=1)
         band_m2 = np.square(x - band_mean[:, None]).sum(axis=1)
-        delta = band_mean - mean
-        total = count + k
-        mean = mean + delta * (k / total)
-        m2 = m2 + band_m2 + np.square(delta) * (count * k / total)
-        count = total
+        count, mean, m2 = _chan(count, mean, m2, x.shape[1], band_mean, band_m2)
     return count, mean, np.sqrt(m2 / max(count, 1))
 
 

@@ -141,14 +141,6 @@ def bins_per_spot(problem: Problem, window: int) -> float:
     return float(_training_windows(problem, window)[1].sum(axis=1).mean())
 
 
-def bins_per_disk(radius_bins: float, window: int) -> float:
-    """Bins in the disk of a spot that lies wholly on the grid, averaged over where its centre falls in a bin (for
-    a section without spots)."""
-    offsets = (np.arange(8) + 0.5) / 8
-    centres = np.stack(np.meshgrid(offsets, offsets, indexing="ij"), axis=-1).reshape(-1, 2) + window
-    return float(geometry.disk_masks(centres, radius_bins, window)[1].sum(axis=1).mean())
-
-
 @dataclass
 class History:
     """The loss of every state at every epoch run: on its training spots and on the spots it held out."""

@@ -101,7 +101,6 @@ class HistexNet(nn.Module):
         self.context_skip = context_skip
         self.fusion_dropout = fusion_dropout
         self.context_withheld = context_withheld
-        self.n_genes = n_genes
         self.blocks = nn.ModuleList(
             [
                 FusionBlock(n_features if i == 0 else dim, n_genes, dim, heads, carry_context=carry_context)

@@ -21,7 +21,15 @@ from histex.model.predict import predict
 from histex.model.settings import PRESETS, HistexSettings
 from histex.tl import _trained as model_folder
 from histex.tl._bins_output import BinsOutput, check_output_keys, plain, versions, wants_store
-from histex.tl._sections import SectionInputs, dense_counts, has_spots, log_section, read_inputs, select_genes
+from histex.tl._sections import (
+    SectionInputs,
+    dense_counts,
+    has_spots,
+    log_section,
+    missing_genes,
+    read_inputs,
+    select_genes,
+)
 from histex.tl._trained import Trained, check_features, check_same_encoder, encoder_record
 
 logger = logging.getLogger("histex")
@@ -52,12 +60,12 @@ class HistexModel:
     """
 
     def __init__(self, variant: str = "histex", *, settings: HistexSettings | None = None, **overrides):
+        if variant not in PRESETS:
+            raise ValueError(f"variant must be one of {list(PRESETS)}, got {variant!r}.")
         if settings is None:
             settings = HistexSettings.preset(variant, **overrides)
         elif overrides:
             settings = settings.replace(**{k: v for k, v in overrides.items() if v is not None})
-        if variant not in PRESETS:
-            raise ValueError(f"variant must be one of {list(PRESETS)}, got {variant!r}.")
         self.variant = variant
         self.settings = settings
         self.timings: dict[str, float] = {}
@@ -235,13 +243,11 @@ class HistexModel:
         if int(epochs) != epochs or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs}.")
         torch_device = resolve_device(device) if device is not None else trained.ensemble.device
-        layer = layer if layer is not None else _none_if_x(trained.data["layer"])
-        inputs = read_inputs(
+        inputs = self._read_section(
             sdata, use_spots=True, image_key=image_key, spots_key=spots_key, table_key=table_key,
-            features_key=features_key, coordinate_system=coordinate_system, mpp=mpp, bin_size_um=trained.bin_size_um,
+            features_key=features_key, coordinate_system=coordinate_system, mpp=mpp,
         )  # fmt: skip
-        check_features(self._trained, inputs)
-        problem = self._problem(inputs, self._spot_counts(inputs, layer))
+        problem = self._problem(inputs, self._spot_counts(inputs, self._layer(layer)))
         config = self._config(trained.window, torch_device, show_progress)
         config = replace(config, epochs=int(epochs), lr=lr or config.lr, holdout=0.0)
         _, history = train([problem], config, init=trained.ensemble)
@@ -425,15 +431,14 @@ class HistexModel:
         to_store = wants_store(sdata, to_store)
         torch_device = resolve_device(device) if device is not None else trained.ensemble.device
         timer = _Timer()
-        layer = layer if layer is not None else _none_if_x(trained.data["layer"])
+        layer = self._layer(layer)
         if use_spots == "auto":
             use_spots = has_spots(sdata, spots_key, table_key, trained.genes, layer)
         network = self._network_for(use_spots, torch_device, show_progress)  # refuses before any work
-        inputs = read_inputs(
+        inputs = self._read_section(
             sdata, use_spots=use_spots, image_key=image_key, spots_key=spots_key, table_key=table_key,
-            features_key=features_key, coordinate_system=coordinate_system, mpp=mpp, bin_size_um=trained.bin_size_um,
+            features_key=features_key, coordinate_system=coordinate_system, mpp=mpp,
         )  # fmt: skip
-        check_features(self._trained, inputs)
         counts = self._spot_counts(inputs, layer) if use_spots else None
         log_section(inputs, len(trained.genes))
         timer.lap("inputs")
@@ -441,10 +446,22 @@ class HistexModel:
         timer.lap("prepare")
         return self._write(sdata, inputs, problem, network, key_added=key_added, to_store=to_store, timer=timer)
 
+    def _read_section(self, sdata, *, use_spots: bool, **keys) -> SectionInputs:
+        """A new section, read on the model's bin size and checked against the model's features."""
+        inputs = read_inputs(sdata, use_spots=use_spots, bin_size_um=self._trained.bin_size_um, **keys)
+        check_features(self._trained, inputs)
+        return inputs
+
+    def _layer(self, layer: str | None) -> str | None:
+        """The spot layer to read: the one given, else the one the model was fitted on (``None`` for ``X``)."""
+        if layer is not None:
+            return layer
+        fitted = self._trained.data["layer"]
+        return None if fitted in (None, "X") else fitted
+
     def _spot_counts(self, inputs: SectionInputs, layer: str | None) -> np.ndarray:
         genes = self._trained.genes
-        have = set(map(str, inputs.spots.table.var_names))
-        missing = [g for g in genes if g not in have]
+        missing = missing_genes(inputs.spots.table, genes)
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise ValueError(
@@ -474,28 +491,28 @@ class HistexModel:
 
     def _network_for(self, use_spots: bool, device, show_progress: bool) -> _Network:
         """The ensemble and settings that predict a section with or without its spots, and how (for ``uns``)."""
-        ensemble, config, how = self._choose_network(use_spots, device, show_progress)
-        return _Network(ensemble, config, how, bool(use_spots))
-
-    def _choose_network(self, use_spots: bool, device, show_progress: bool) -> tuple[Ensemble, FitConfig, str]:
         t, s = self._trained, self.settings
         if not s.use_context:
-            return t.ensemble.to(device), self._config(t.window, device, show_progress), "image_only"
-        if use_spots:
-            return t.ensemble.to(device), self._config(t.window, device, show_progress), "spots"
-        if s.he_only == "image_states":
+            how = "image_only"
+        elif use_spots:
+            how = "spots"
+        elif s.he_only == "image_states":
             config = s.image_only().fit_config(window=t.window, device=device, show_progress=show_progress)
-            return t.image_ensemble.to(device), config, "image_states"
-        if s.he_only == "withheld":
-            return t.ensemble.to(device), self._config(t.window, device, show_progress), "withheld"
-        raise ValueError(
-            "This model was trained with he_only='none' and cannot predict a section without spots. Fit one with "
-            "HistexModel(he_only='image_states') (the default), or predict a section with spots (use_spots=True)."
-        )
+            return _Network(t.image_ensemble.to(device), config, "image_states", False)
+        elif s.he_only == "withheld":
+            how = "withheld"
+        else:
+            raise ValueError(
+                "This model was trained with he_only='none' and cannot predict a section without spots. Fit one "
+                "with HistexModel(he_only='image_states') (the default), or predict a section with spots "
+                "(use_spots=True)."
+            )
+        config = self._config(t.window, device, show_progress)
+        return _Network(t.ensemble.to(device), config, how, bool(use_spots))
 
     def _write(self, sdata, inputs, problem, network, *, key_added, to_store, timer) -> str:
         t = self._trained
-        ensemble, config, how, use_spots = network
+        ensemble, config = network.ensemble, network.config
         per_spot = bins_per_spot(problem, t.window) if len(problem.spot_rc) else t.bins_per_spot
         tissue_rows, tissue_cols = np.nonzero(problem.tissue)
         output = BinsOutput(
@@ -518,8 +535,7 @@ class HistexModel:
             timer.lap("predict")
             output.write_bins()
             timer.lap("write")
-            meta = self._meta(inputs, problem, config, per_spot, use_spots=use_spots, to_store=to_store)
-            meta["model"]["prediction"] = how
+            meta = self._meta(inputs, problem, network, per_spot, to_store=to_store)
             meta["timings"] = dict(timer.timings)
             output.finish(plain(meta))
         except BaseException:
@@ -528,9 +544,9 @@ class HistexModel:
         logger.info("Wrote shapes %r and table %r (%d bins x %d genes).", output.bins_key, key_added, *output.shape)
         return key_added
 
-    def _meta(self, inputs, problem, config, per_spot, *, use_spots, to_store) -> dict:
+    def _meta(self, inputs, problem, network: _Network, per_spot, *, to_store) -> dict:
         """``uns["histex"]`` of a predicted table: the settings, the section, the network and the training."""
-        t = self._trained
+        t, config = self._trained, network.config
         params = {
             "variant": self.variant,
             **self.settings.to_dict(),
@@ -543,7 +559,7 @@ class HistexModel:
             "n_top_genes": t.data["n_top_genes"],
             "layer": t.data["layer"],
             "to_store": to_store,
-            "use_spots": bool(use_spots),
+            "use_spots": network.use_spots,
         }
         spots = inputs.spots
         data = {
@@ -563,15 +579,18 @@ class HistexModel:
             "bin_px": inputs.grid.bin_px,
             "bins_per_spot": per_spot,
         }
-        network = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(replace(config, device=None)).items()}
+        architecture = {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(replace(config, device=None)).items()
+        }
         return {
             "params": params,
             "data": data,
-            "network": {k: v for k, v in network.items() if v is not None},
+            "network": {k: v for k, v in architecture.items() if v is not None},
             "versions": versions(),
             "history": {"loss": t.history.loss, "validation": t.history.validation, "best_epoch": t.history.best_epoch},
             "model": {
                 "he_only": self.settings.he_only,
+                "prediction": network.how,
                 "trained_on": [s["name"] for s in t.data["sections"]],
                 "n_training_spots": [s["n_spots"] for s in t.data["sections"]],
                 "encoder": t.encoder or {},
@@ -628,10 +647,6 @@ class _Timer:
         now = time.perf_counter()
         self.timings[stage] = round(self.timings.get(stage, 0.0) + now - self._clock, 3)
         self._clock = now
-
-
-def _none_if_x(layer: str | None) -> str | None:
-    return None if layer in (None, "X") else layer
 
 
 def _as_list(sdata) -> list:

@@ -150,9 +150,17 @@ def count_matrix(table, layer: str | None):
 def dense_counts(table, genes: list[str], layer: str | None) -> np.ndarray:
     """Dense float64 counts of ``genes`` (all present) in the table."""
     matrix = count_matrix(table, layer)
-    cols = pd.Index(table.var_names.astype(str)).get_indexer(genes)
-    x = matrix[:, cols]
+    return _dense(matrix[:, pd.Index(table.var_names.astype(str)).get_indexer(genes)])
+
+
+def _dense(x) -> np.ndarray:
     return (x.toarray() if sp.issparse(x) else np.asarray(x)).astype(np.float64)
+
+
+def missing_genes(table, genes: list[str]) -> list[str]:
+    """The ``genes`` that the table's ``var_names`` lack, in order."""
+    have = set(map(str, table.var_names))
+    return [g for g in genes if g not in have]
 
 
 def select_genes(tables, *, layer, genes, n_top_genes) -> tuple[list[np.ndarray], list[str]]:
@@ -165,8 +173,8 @@ def select_genes(tables, *, layer, genes, n_top_genes) -> tuple[list[np.ndarray]
     names = [pd.Index(t.var_names.astype(str)) for t in tables]
     if genes is not None:
         genes = [str(g) for g in ([genes] if isinstance(genes, str) else genes)]
-        for i, var_names in enumerate(names):
-            missing = [g for g in genes if g not in var_names]
+        for i, table in enumerate(tables):
+            missing = missing_genes(table, genes)
             if missing:
                 shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
                 where = f" of section {i}" if len(tables) > 1 else ""
@@ -199,11 +207,7 @@ def select_genes(tables, *, layer, genes, n_top_genes) -> tuple[list[np.ndarray]
     if n_top_genes < len(cols):
         cols = cols[_highly_variable(x[:, cols], n_top_genes)]
     chosen = [str(shared[c]) for c in cols]
-    out = []
-    for m in stacked:
-        part = m[:, cols]
-        out.append((part.toarray() if sp.issparse(part) else np.asarray(part)).astype(np.float64))
-    return out, chosen
+    return [_dense(m[:, cols]) for m in stacked], chosen
 
 
 def _highly_variable(x, n_top: int) -> np.ndarray:
@@ -232,12 +236,11 @@ def has_spots(sdata, spots_key, table_key, genes, layer) -> bool:
     table = sdata.tables[table_key]
     if layer is not None and layer not in table.layers:
         return False
-    have = set(map(str, table.var_names))
-    present = sum(g in have for g in genes)
-    if present < len(genes):
+    missing = missing_genes(table, genes)
+    if missing:
         logger.warning(
             "The spot table %r lacks %d of the model's %d genes: predicting from the image alone.",
-            table_key, len(genes) - present, len(genes),
+            table_key, len(missing), len(genes),
         )  # fmt: skip
         return False
     return True
