@@ -38,7 +38,7 @@ from scipy.spatial import cKDTree
 from histex import geometry
 from histex.model.context import context_points, nearest_context
 from histex.model.features import standardised_with_position
-from histex.model.fit import Problem, _SpotLoss, bins_per_spot, embedding_dim, train
+from histex.model.fit import Problem, SpotLoss, bins_per_spot, embedding_dim, train
 from histex.model.predict import predict
 from histex.model.settings import HistexSettings
 from histex.model.targets import TargetScaler
@@ -163,7 +163,7 @@ def main() -> None:
     del features
     window = geometry.window_size(problem.radius_bins)
     config = settings.fit_config(window=window, device=args.device, show_progress=False)
-    _SpotLoss(problem, config, torch.device(args.device))
+    SpotLoss(problem, config, torch.device(args.device))
     stage("training set", start)
 
     start = time.perf_counter()

@@ -11,7 +11,8 @@ the mean per-gene Pearson correlation at 8 µm over in-tissue bins against its t
 
 - ``self``: ``super_resolve`` on D (fit on D's spots, predict D);
 - ``one``: a model fitted on A, predicting D with D's spots as context;
-- ``many``: a model fitted on A+B+C, saved, loaded, predicting D with D's spots;
+- ``many``: a model fitted on A+B+C, saved, loaded, predicting D with D's spots (its output layer refitted to
+  them, as ``predict`` does by default for a section it was not fitted on);
 - ``he_only``: the same model predicting D from its image alone (``use_spots=False``);
 - ``image_only``: the image-only variant fitted on D (the iStar design);
 - ``interpolation``: D's spots interpolated linearly onto the bins;
@@ -24,7 +25,8 @@ and ``fit_s`` (fitting on A+B+C), ``predict_s`` (loading the saved model and pre
 With ``--options``, also measures the choices a model for several sections makes, one at a time against the
 default, each as ``many`` and ``he_only`` (``DIR/transfer_options.json``): features standardised per section or
 with global statistics, with or without the bins' position channels, H&E-only ability by withheld context or by
-image-only states, and fine-tuning on D's spots for 5 epochs.
+image-only states, the output layer as trained (not refitted to D's spots), and fine-tuning on D's spots for 5
+epochs.
 """
 
 from __future__ import annotations
@@ -101,6 +103,9 @@ def run_family(name: str, args, workdir: Path) -> tuple[dict, dict]:
             options[option] = {"many": pearson(d, "opt_many"), "he_only": pearson(d, "opt_he"),
                                "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
             print(f"{name} {option}: {options[option]}", flush=True)
+        loaded.predict(d, key_added="opt_trained", use_spots=True, refit_readout=False, show_progress=False)
+        options["trained_readout"] = {"many": pearson(d, "opt_trained")}
+        print(f"{name} trained_readout: {options['trained_readout']}", flush=True)
         for epochs in (5,):
             tuned = hx.HistexModel.load(folder, device=args.device)
             tuned.fine_tune(d, epochs=epochs, device=args.device, show_progress=False)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from skimage.color import rgb2hed
 
-from histex._bench import FAMILY_STAINS, SECTIONS, load_family
+from histex._bench import FAMILY_STAINS, SECTIONS, load_family, representative_windows
 from histex._sdata import image_array
 from histex.datasets import toy
 from histex.sim import vary_stain
@@ -85,6 +85,22 @@ def test_densest_windows_are_disjoint_and_greedy():
             assert abs(xa - xb) >= 1100 or abs(ya - yb) >= 1100  # 1100 px is not a whole number of 250 px cells
     with pytest.raises(ValueError, match="Only 1 disjoint 1100 px squares"):
         _densest_windows(bounds[:1], 1100, 2)
+
+
+def test_representative_windows_are_dense_squares_alike_the_slide():
+    """Six dense blobs with different mixes of two classes: of the densest squares, the ones closest to the
+    slide's class proportions, in the greedy (densest first) order."""
+    rng = np.random.default_rng(0)
+    blobs = [(1000, 1000), (4000, 1000), (7000, 1000), (1000, 4000), (4000, 4000), (7000, 4000)]
+    sizes = [3000, 2900, 2800, 2700, 2600, 2500]  # densest first
+    share_b = [0.35, 0.9, 0.4, 0.9, 0.15, 0.1]  # the slide: 0.48 of "b"
+    xy = np.concatenate([rng.normal(c, 120, (n, 2)) for c, n in zip(blobs, sizes, strict=True)])
+    classes = np.concatenate([np.where(rng.uniform(size=n) < b, "b", "a") for n, b in zip(sizes, share_b, strict=True)])
+    bounds = np.concatenate([xy - 5, xy + 5], axis=1)
+    densest = _densest_windows(bounds, 1000, 6)
+    assert representative_windows(bounds, classes, 1000, 2, pool=3) == [densest[0], densest[2]]
+    assert representative_windows(bounds, classes, 1000, 3, pool=2) == [densest[0], densest[2], densest[4]]
+    assert representative_windows(bounds, classes, 1000, 2, pool=1) == densest[:2]  # no choice: the densest
 
 
 @pytest.mark.realdata

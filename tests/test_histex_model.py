@@ -119,13 +119,13 @@ def test_repr_history_and_genes(trained, family):
 
 def test_batches_mix_the_spots_of_all_sections(family):
     """The loss of a fit on several sections runs over the spots of all of them, in one set of batches."""
-    from histex.model.fit import _SpotLoss
+    from histex.model.fit import SpotLoss
 
     model = hx.HistexModel(epochs=1, n_states=1)
     _, inputs, problems = model._fit(family[:2], **QUIET)
     n_a, n_b = (len(i.spots.xy_px) for i in inputs)
     assert model._trained.data["sections"][1]["n_spots"] == n_b
-    loss = _SpotLoss(problems, model._config(7, torch.device("cpu"), False), torch.device("cpu"))
+    loss = SpotLoss(problems, model._config(7, torch.device("cpu"), False), torch.device("cpu"))
     assert loss.targets.shape[0] == n_a + n_b
     # the windows of B's spots index B's tokens, which follow A's in the one table
     assert loss.token_idx[n_a:].min() >= problems[0].tissue.size > loss.token_idx[:n_a].max()
@@ -172,7 +172,7 @@ def test_save_load_round_trip(trained, section_d, tmp_path):
     assert all(s["n_spots"] > 10 and len(s["image_shape"]) == 2 for s in manifest["trained_on"]["sections"])
     assert np.asarray(manifest["history"]["loss"]).shape == (2, 3)
     assert manifest["targets"]["kind"] == "minmax" and len(manifest["targets"]["low"]) == 12
-    assert manifest["feature_scaling"]["mode"] == "section"
+    assert manifest["feature_scaling"]["mode"] == "global"
 
     loaded = hx.HistexModel.load(folder, device="cpu")
     assert repr(loaded) == repr(trained)
@@ -245,6 +245,42 @@ def test_predict_uses_the_new_sections_own_spots(trained, section_d):
     meta = section_d.tables["alone"].uns["histex"]
     assert not meta["params"]["use_spots"] and meta["model"]["prediction"] == "image_states"
     assert section_d.tables["alone"].obsm["X_histex"].shape[1] == 256  # the image-only MLP's last layer
+
+
+def test_the_readout_is_refitted_to_a_new_sections_spots(trained, family, section_d):
+    """By default a section the model was not fitted on gets the output layer refitted to its spots; the model
+    is unchanged, and a section it was fitted on is predicted with the trained layer (as super_resolve does)."""
+    before = {k: v.clone() for k, v in trained._trained.ensemble.params.items()}
+    trained.predict(section_d, key_added="auto", show_progress=False)
+    trained.predict(section_d, key_added="as_trained", refit_readout=False, show_progress=False)
+    assert all(torch.equal(before[k], trained._trained.ensemble.params[k]) for k in before)
+    refit, kept = (section_d.tables[k].uns["histex"] for k in ("auto", "as_trained"))
+    assert refit["params"]["refit_readout"] and not kept["params"]["refit_readout"]
+    assert refit["model"]["readout"]["n_spots"] == section_d.tables["table"].n_obs
+    assert len(refit["model"]["readout"]["penalty"]) == 2 and kept["model"]["readout"] == "trained"
+    assert not np.allclose(_x(section_d, "auto"), _x(section_d, "as_trained"))
+    a = sd.deepcopy(family[0])
+    trained.predict(a, key_added="own", show_progress=False)
+    assert not a.tables["own"].uns["histex"]["params"]["refit_readout"]
+    with pytest.raises(ValueError, match="needs the section's spots"):
+        trained.predict(section_d, key_added="x", use_spots=False, refit_readout=True, show_progress=False)
+    assert "x" not in section_d.tables
+
+
+def test_the_refitted_readout_maps_genes_the_training_did_not(trained, section_d):
+    """Section D's genes relabelled (what the model calls gene 0 is gene 11 here, ...): the trained output layer
+    maps every gene to the wrong programme, the layer refitted to D's spots maps them back."""
+    genes = trained.genes
+    relabel = dict(zip(genes, genes[::-1], strict=True))
+    for key in ("table", "truth"):
+        table = section_d.tables[key]
+        table.var_names = [relabel.get(g, g) for g in table.var_names]
+    trained.predict(section_d, key_added="as_trained", refit_readout=False, show_progress=False)
+    trained.predict(section_d, key_added="refit", show_progress=False)
+    truth = section_d.tables["truth"]
+    pearson = {k: hx.metrics.summarise(hx.metrics.score(section_d.tables[k], truth))["pearson"]
+               for k in ("as_trained", "refit")}  # fmt: skip
+    assert pearson["refit"] > pearson["as_trained"] + 0.2, pearson
 
 
 def test_an_he_only_slide(trained, section_d):

@@ -223,7 +223,7 @@ def test_bfloat16_forward_casts_weights_and_inputs_not_parameters():
 
 
 def test_training_stops_on_held_out_spots_and_keeps_the_best_epoch():
-    from histex.model.fit import _held_out_loss, _SpotLoss, holdout_split
+    from histex.model.fit import SpotLoss, _held_out_loss, holdout_split
 
     problem, _ = _toy_problem()
     config = FitConfig(
@@ -247,7 +247,7 @@ def test_training_stops_on_held_out_spots_and_keeps_the_best_epoch():
         assert history.validation[state, best - 1] == history.validation[state].min()
     # the ensemble keeps each state's best epoch: its held-out loss is the one recorded there
     held = np.stack(holdout_split(len(problem.targets), 2, 0.2, seed=1))
-    loss = _held_out_loss(ensemble, _SpotLoss(problem, config, torch.device("cpu")), held, 8)
+    loss = _held_out_loss(ensemble, SpotLoss(problem, config, torch.device("cpu")), held, 8)
     np.testing.assert_allclose(loss, history.validation[[0, 1], history.best_epoch - 1], rtol=1e-5)
 
 
@@ -362,3 +362,16 @@ def test_feature_components_are_principal_axes_fitted_on_tissue():
     )
     with pytest.raises(ValueError, match="n_components"):
         standardised_with_position(features, tissue, n_components=41)
+
+
+def test_the_written_out_softmax_is_torchs():
+    from histex.nn._attention import _softmax
+
+    torch.manual_seed(0)
+    for last in (1, 5, 49):
+        scores = torch.randn(3, 8, 49, last) * 30  # large scores: the maximum is subtracted, nothing overflows
+        assert torch.allclose(_softmax(scores), torch.softmax(scores, dim=-1), atol=1e-6)
+    scores = torch.randn(4, 5, requires_grad=True)
+    (grad,) = torch.autograd.grad((_softmax(scores) * torch.arange(5.0)).sum(), scores)
+    (expected,) = torch.autograd.grad((torch.softmax(scores, -1) * torch.arange(5.0)).sum(), scores)
+    assert torch.allclose(grad, expected, atol=1e-6)

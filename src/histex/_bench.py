@@ -99,8 +99,8 @@ def load_family(
         ``"toy"``: toy sections (:func:`histex.datasets.toy`) of seeds ``seed`` to ``seed + 3``, all with the
         programmes of ``programme_seed=seed``, so that genes and ``uns["programmes"]`` are identical while tissue,
         spots and counts differ. ``"hgsc_wsi"``: four disjoint ``square_px`` squares of the HGSC whole-slide
-        segmentation at 0.5 µm/px, greedily the richest in nuclei (the densest square, then the densest overlapping
-        none taken, ...), each with an H&E painted from its nuclei and tissue regions (:func:`histex.sim.paint_he`,
+        segmentation at 0.5 µm/px, of the eight densest in nuclei the four closest to the slide in their
+        proportions of nucleus classes (:func:`representative_windows`), each with an H&E painted from its nuclei and tissue regions (:func:`histex.sim.paint_he`,
         seed ``seed + i``) and counts from one programmes table, :func:`histex.sim.draw_programmes` of every nucleus
         class of the slide (``seed``), shared by all four even where a square lacks a class.
     data_dir
@@ -157,16 +157,16 @@ def load_family(
 
     import pyarrow.parquet as pq
 
-    from histex.sim._paint import _densest_windows, _polygon_bounds, _read_crop
+    from histex.sim._paint import _polygon_bounds, _read_crop
 
     files = ["hgsc_nuclei_wsi.parquet", "hgsc_tissue_wsi.parquet"]
     if data_dir is None or not all((Path(data_dir) / f).is_file() for f in files):
         raise FileNotFoundError(f"hgsc_wsi needs {' and '.join(files)} in data_dir={data_dir}.")
     nuclei_path, tissue_path = (Path(data_dir) / f for f in files)
-    classes = pq.read_table(nuclei_path, columns=["class_name"]).column(0).unique().to_pylist()
-    programmes = hx.sim.draw_programmes(sorted(str(c) for c in classes), n_genes, seed=seed)
+    classes = pq.read_table(nuclei_path, columns=["class_name"]).column(0).to_numpy(zero_copy_only=False).astype(str)
+    programmes = hx.sim.draw_programmes(sorted(set(classes)), n_genes, seed=seed)
     row_bounds = _polygon_bounds(nuclei_path)
-    origins = _densest_windows(row_bounds, square_px, len(SECTIONS))
+    origins = representative_windows(row_bounds, classes, square_px, len(SECTIONS))
     for i, ((h, e), origin) in enumerate(zip(stains, origins, strict=True)):
         nuclei, tissue, window = _read_crop(
             nuclei_path, tissue_path, size_px=square_px, origin=origin, row_bounds=row_bounds
@@ -181,6 +181,34 @@ def load_family(
         sdata.tables["truth"].uns["family"] = family_uns(i)
         sections.append(sdata)
     return sections
+
+
+def representative_windows(
+    row_bounds: np.ndarray, classes: np.ndarray, size_px: int, n: int, *, pool: int = 2
+) -> list[tuple[int, int]]:
+    """Top-left corners of ``n`` disjoint ``size_px`` squares that are dense in nuclei and alike the whole slide.
+
+    Of the ``pool * n`` densest disjoint squares (:func:`histex.sim._paint._densest_windows`, greedy), the ``n``
+    whose proportions of nucleus classes (nuclei counted by their centre) are closest to the slide's, in total
+    variation distance; in the greedy order. Sections of one tissue should hold its cell types in about its
+    proportions: a model fitted on some cannot learn a cell type that they lack, and the densest squares alone are
+    not alike (on the HGSC slide the fourth densest has four times the share of macrophages of the first three).
+    """
+    from histex.sim._paint import _densest_windows
+
+    corners = _densest_windows(row_bounds, size_px, pool * n)
+    names, codes = np.unique(classes, return_inverse=True)
+    slide = np.bincount(codes, minlength=len(names)) / len(codes)
+    centre = (row_bounds[:, :2] + row_bounds[:, 2:]) / 2
+    distance = []
+    for x0, y0 in corners:
+        inside = (
+            (centre[:, 0] >= x0) & (centre[:, 0] < x0 + size_px) & (centre[:, 1] >= y0) & (centre[:, 1] < y0 + size_px)
+        )
+        share = np.bincount(codes[inside], minlength=len(names)) / max(int(inside.sum()), 1)
+        distance.append(0.5 * np.abs(share - slide).sum())
+    keep = np.sort(np.argsort(distance, kind="stable")[:n])
+    return [corners[i] for i in keep]
 
 
 def run_benchmark(

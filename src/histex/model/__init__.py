@@ -4,6 +4,7 @@ from histex.model.context import ContextPoints, context_points, nearest_context
 from histex.model.ensemble import Ensemble
 from histex.model.fit import FitConfig, History, Problem, resolve_device, train
 from histex.model.predict import Prediction, predict, predict_blocks
+from histex.model.readout import ReadoutFit, refit_readout, ridge_gcv
 from histex.model.settings import PRESETS, HistexSettings
 from histex.model.targets import TargetScaler
 
@@ -16,11 +17,14 @@ __all__ = [
     "History",
     "Prediction",
     "Problem",
+    "ReadoutFit",
     "TargetScaler",
     "context_points",
     "nearest_context",
     "predict",
     "predict_blocks",
+    "refit_readout",
     "resolve_device",
+    "ridge_gcv",
     "train",
 ]

@@ -69,13 +69,15 @@ class Ensemble:
         *,
         shared: bool = False,
         dtype: torch.dtype | None = None,
+        hidden: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every state's ``(expression, embedding)``, with a leading state axis.
 
         Inputs carry a leading state axis (each state its own batch), or with ``shared=True`` none (every state
         sees the same batch). With ``dtype`` (bfloat16), weights and inputs are cast to it for the forward pass
         (mixed precision: the parameters, their gradients and the optimiser stay in float32). torch.autocast does
-        not reach into vmapped functional calls, so the cast is made here.
+        not reach into vmapped functional calls, so the cast is made here. With ``hidden``, the first output is
+        each network's last hidden layer instead of its expression.
         """
         axis = None if shared else 0
 
@@ -84,7 +86,7 @@ class Ensemble:
                 params = {name: p.to(dtype) for name, p in params.items()}
                 tokens = tokens.to(dtype)
                 genes = None if genes is None else genes.to(dtype)
-            return functional_call(self._template, (params, buffers), (tokens, genes))
+            return functional_call(self._template, (params, buffers), (tokens, genes), {"hidden": hidden})
 
         in_dims = (0, 0, axis, None if gene_tokens is None else axis)
         # Each state draws its own dropout masks.
@@ -96,6 +98,16 @@ class Ensemble:
         """One state dict per network, as :meth:`torch.nn.Module.load_state_dict` takes it."""
         tensors = {**self.params, **self.buffers}
         return [{name: t[i].detach().clone() for name, t in tensors.items()} for i in range(self.n_states)]
+
+    def with_params(self, replacements: dict[str, torch.Tensor]) -> Ensemble:
+        """A new ensemble that shares this one's tensors except ``replacements`` (stacked, as :attr:`params`);
+        this one is unchanged."""
+        unknown = set(replacements) - set(self.params)
+        if unknown:
+            raise KeyError(f"No parameters {sorted(unknown)} in the ensemble.")
+        other = copy.copy(self)
+        other.params = {**self.params, **{n: t.detach().to(self.device) for n, t in replacements.items()}}
+        return other
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().clone() for name, p in self.params.items()}

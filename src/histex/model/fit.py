@@ -199,7 +199,7 @@ def train(
         return _train(problems, config, device, checkpoint, init)
 
 
-class _SpotLoss:
+class SpotLoss:
     """Each state's loss on spots: the mean squared error between the spot's target and the mean of the network's
     predictions over the bins of its disk.
 
@@ -242,14 +242,28 @@ class _SpotLoss:
 
     def __call__(self, ensemble: Ensemble, spots: np.ndarray) -> torch.Tensor:
         """Loss per state and spot ``(n_states, n)`` for ``spots`` ``(n_states, n)`` (each state its own)."""
+        targets = self.targets[torch.from_numpy(spots).to(self.device)]
+        return (self.spot_means(ensemble, spots) - targets).square().mean(-1)
+
+    def spot_means(self, ensemble: Ensemble, spots: np.ndarray, *, hidden: bool = False) -> torch.Tensor:
+        """Each state's prediction of ``spots`` (``(n_states, n)``, each state its own; or ``(n,)``, the same for
+        all), the mean over the bins of each disk: ``(n_states, n, genes)``, or with ``hidden`` the mean of the last
+        hidden layer ``(n_states, n, width)``."""
+        out, m = self.window_outputs(ensemble, spots, hidden=hidden)
+        return (out * m[..., None]).sum(2) / m.sum(2, keepdim=True)
+
+    def window_outputs(
+        self, ensemble: Ensemble, spots: np.ndarray, *, hidden: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each state's output for every bin of the spots' windows, ``(n_states, n, window**2, width)`` in float32,
+        and which bins lie in each spot's disk ``(n_states, n, window**2)``; ``spots`` as for :meth:`spot_means`."""
         idx = torch.from_numpy(spots).to(self.device)
         inside = self.token_inside[idx] if self.off_grid[spots].any() else None
         tokens = gather_tokens(self.flat, self.token_idx[idx], inside)
         genes = self.ctx_values[self.ctx_idx[idx]] if self.use_context else None
-        pred, _ = ensemble(tokens, genes, dtype=self.dtype)
+        out, _ = ensemble(tokens, genes, shared=spots.ndim == 1, dtype=self.dtype, hidden=hidden)
         m = self.mask[idx]
-        spot_pred = (pred.float() * m[..., None]).sum(2) / m.sum(2, keepdim=True)
-        return (spot_pred - self.targets[idx]).square().mean(-1)
+        return out.float(), (m.expand(ensemble.n_states, *m.shape) if m.ndim == 2 else m)
 
 
 def new_ensemble(config: FitConfig, n_features: int, n_genes: int, device: torch.device) -> Ensemble:
@@ -264,7 +278,7 @@ def new_ensemble(config: FitConfig, n_features: int, n_genes: int, device: torch
 def _train(
     problems: list[Problem], config: FitConfig, device: torch.device, checkpoint: Checkpoint | None, init
 ) -> tuple[Ensemble, History]:
-    spot_loss = _SpotLoss(problems, config, device)
+    spot_loss = SpotLoss(problems, config, device)
     n_spots, n_genes = spot_loss.targets.shape
     if init is None:
         ensemble = new_ensemble(config, problems[0].features.shape[-1], n_genes, device)
@@ -354,7 +368,7 @@ def _track_best(state: TrainingState, ensemble: Ensemble, val: np.ndarray, confi
 
 
 @torch.no_grad()
-def _held_out_loss(ensemble: Ensemble, spot_loss: _SpotLoss, held_idx: np.ndarray, batch_size: int) -> np.ndarray:
+def _held_out_loss(ensemble: Ensemble, spot_loss: SpotLoss, held_idx: np.ndarray, batch_size: int) -> np.ndarray:
     ensemble.eval()
     step = 4 * batch_size
     per_spot = [spot_loss(ensemble, held_idx[:, i : i + step]) for i in range(0, held_idx.shape[1], step)]

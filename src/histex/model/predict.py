@@ -57,6 +57,18 @@ def prediction_windows(tissue: np.ndarray, window: int, stride: int) -> np.ndarr
     return tl[count > 0] + half
 
 
+def median_of_states(preds: torch.Tensor) -> torch.Tensor:
+    """The median over the leading (state) axis, the lower of the middle two for an even count, as
+    ``torch.median`` gives it: sorted by a network of element-wise minima and maxima, which for a handful of states
+    is ten to twenty times faster on the CPU than ``torch.median`` over a leading axis."""
+    values = list(preds.unbind(0))
+    n = len(values)
+    for sweep in range(n):  # odd-even transposition sort: n sweeps sort n values
+        for i in range(sweep % 2, n - 1, 2):
+            values[i], values[i + 1] = torch.minimum(values[i], values[i + 1]), torch.maximum(values[i], values[i + 1])
+    return values[(n - 1) // 2]
+
+
 @torch.no_grad()
 def predict_blocks(ensemble: Ensemble, problem: Problem, config: FitConfig) -> Iterator[Block]:
     """Predict every in-tissue bin: median over the states per window, averaged over overlapping windows.
@@ -95,7 +107,7 @@ def predict_blocks(ensemble: Ensemble, problem: Problem, config: FitConfig) -> I
         preds, embeddings = ensemble(tokens, genes, shared=True, dtype=dtype)  # (states, b, window**2, genes)
         preds = preds.float()
         if ensemble.n_states > 1:
-            med = preds.median(dim=0).values
+            med = median_of_states(preds)
             # torch's std over the leading axis is ten times slower than this
             std = (preds - preds.mean(dim=0)).square_().mean(dim=0).sqrt_()
         else:

@@ -59,9 +59,12 @@ class HistexSettings:
     feature_components
         Principal axes of the standardised image features to keep (``None``: every channel).
     feature_scaling
-        ``"section"``: each section's features are standardised with that section's own statistics over its
-        tissue (stain and scanner differ between slides); ``"global"``: with the statistics of all training
-        sections together, which a new section then shares.
+        ``"global"`` (default): every section's features are standardised with the statistics of all training
+        sections together over their tissue, which a new section then shares; ``"section"``: each section's with
+        its own statistics, which also removes a shift of stain or scanner between slides but moves the features
+        of one cell type differently on sections of different composition. On the transfer benchmark
+        ``"global"`` predicted an H&E-only HGSC square 0.049 better (0.579 against 0.530) and was as accurate
+        with spots; on toy sections whose stains differ by up to 20% the two were within 0.005.
     positions
         Give the network each bin's position in its section (two channels). A position says where a bin lies on
         one slide, nothing about another: a model meant for other sections may leave them out.
@@ -71,7 +74,8 @@ class HistexSettings:
         fused one and predicts such slides; ``"withheld"``: a share ``context_withheld`` of the fused network's
         training windows see no expression, so that it also learns each bin from its image alone; ``"none"``: the
         model needs spots (what :func:`histex.tl.super_resolve` trains). On the transfer benchmark
-        ``"image_states"`` was the more accurate from the image alone and did not cost accuracy with spots.
+        ``"image_states"`` was the more accurate from the image alone on the toy sections, ``"withheld"`` on the
+        HGSC squares; ``"image_states"`` costs no accuracy with spots.
     context_withheld
         Share of training windows without expression, for ``he_only="withheld"``.
     dim, heads
@@ -98,7 +102,7 @@ class HistexSettings:
     patience: int = 10
     precision: str = "auto"
     feature_components: int | None = None
-    feature_scaling: str = "section"
+    feature_scaling: str = "global"
     positions: bool = True
     he_only: str = "image_states"
     context_withheld: float = 0.25

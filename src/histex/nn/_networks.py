@@ -33,10 +33,14 @@ class PositiveHead(nn.Module):
     def __init__(self, in_dim: int, n_genes: int):
         super().__init__()
         self.linear = nn.Linear(in_dim, n_genes)
-        self.act = nn.ELU(alpha=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.linear(x)) + 0.01
+        return positive_head(x, self.linear.weight, self.linear.bias)
+
+
+def positive_head(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """:class:`PositiveHead` with the given weights: ``ELU(x @ weight.T + bias, alpha=0.01) + 0.01``."""
+    return nn.functional.elu(nn.functional.linear(x, weight, bias), alpha=0.01) + 0.01
 
 
 class HistexNet(nn.Module):
@@ -76,6 +80,8 @@ class HistexNet(nn.Module):
     ``image_tokens (batch, n_bins, n_features)``, ``gene_tokens (batch, k, n_genes)`` or ``None`` (no spots) ->
     ``(expression (batch, n_bins, n_genes), embedding (batch, n_bins, dim))``. Without gene tokens the fused
     tokens and the context mean are zero, and the embedding is the MLP's last hidden layer ``(..., hidden[-1])``.
+    With ``hidden=True`` the first output is the MLP's last hidden layer instead of the expression: what the
+    linear head reads (:mod:`histex.model.readout` refits that head to a new section's spots).
     """
 
     def __init__(
@@ -111,6 +117,12 @@ class HistexNet(nn.Module):
         self.head = PositiveHead(hidden[-1], n_genes)
 
     def forward(
+        self, image_tokens: torch.Tensor, gene_tokens: torch.Tensor | None, hidden: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h, embedding = self._hidden(image_tokens, gene_tokens)
+        return (h if hidden else self.head(h)), embedding
+
+    def _hidden(
         self, image_tokens: torch.Tensor, gene_tokens: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if gene_tokens is None:
@@ -128,7 +140,7 @@ class HistexNet(nn.Module):
             context_mean = context_mean * kept
         per_bin = torch.cat([shown, image_tokens], dim=-1)
         if not self.context_skip:
-            return self.head(self.mlp(per_bin)), fused
+            return self.mlp(per_bin), fused
         # The MLP's first layer sees [fused, image, context mean]. The context mean is the same for every bin of a
         # window, so its share of that layer is computed once per window and broadcast, not once per bin (the same
         # map as concatenating it to every bin, at a quarter less compute per step on 1,000 genes).
@@ -136,24 +148,24 @@ class HistexNet(nn.Module):
         w_bins, w_context = first.weight.split([per_bin.shape[-1], gene_tokens.shape[-1]], dim=1)
         h = nn.functional.linear(per_bin, w_bins, first.bias)
         h = h + nn.functional.linear(context_mean, w_context)[:, None, :]
-        return self.head(self.mlp[1:](h)), fused
+        return self.mlp[1:](h), fused
 
     def _image_alone(self, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The MLP with the fused tokens and the context mean at zero (what ``context_withheld`` trains); the
-        embedding is the MLP's last hidden layer, as :class:`ImageOnlyNet`'s."""
+        """The MLP's last hidden layer with the fused tokens and the context mean at zero (what
+        ``context_withheld`` trains); it is also the embedding, as :class:`ImageOnlyNet`'s."""
         dim = self.blocks[-1].linear.out_features
         first = self.mlp[0]
         # zero inputs contribute nothing: only the image columns of the first layer act
         w_image = first.weight[:, dim : dim + image_tokens.shape[-1]]
         h = self.mlp[1:](nn.functional.linear(image_tokens, w_image, first.bias))
-        return self.head(h), h
+        return h, h
 
 
 class ImageOnlyNet(nn.Module):
     """Per-bin MLP on image features (the iStar design): no expression context.
 
     Forward: ``image_tokens (batch, n_bins, n_features)`` -> ``(expression, embedding)``, the embedding being the
-    last hidden layer.
+    last hidden layer (with ``hidden=True``, that layer twice).
     """
 
     def __init__(
@@ -163,6 +175,6 @@ class ImageOnlyNet(nn.Module):
         self.mlp = mlp(n_features, hidden, nonlinear=nonlinear)
         self.head = PositiveHead(hidden[-1], n_genes)
 
-    def forward(self, image_tokens: torch.Tensor, gene_tokens: torch.Tensor | None = None):
+    def forward(self, image_tokens: torch.Tensor, gene_tokens: torch.Tensor | None = None, hidden: bool = False):
         h = self.mlp(image_tokens)
-        return self.head(h), h
+        return (h if hidden else self.head(h)), h

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from histex import _sdata, geometry
-from histex.model import Problem, TargetScaler, context_points
+from histex.model import Problem, TargetScaler, context_points, readout
 from histex.model.checkpoint import Checkpoint
 from histex.model.ensemble import Ensemble, compute_dtype
 from histex.model.features import fit_scaling, tissue_moments, tokens
@@ -140,9 +140,9 @@ class HistexModel:
     ) -> HistexModel:
         """Train the ensemble on the spots of one section or several.
 
-        Batches mix the spots of all sections; the genes are shared by all of them; each section's image features
-        are standardised with its own statistics (``feature_scaling="section"``) or all with the same
-        (``"global"``).
+        Batches mix the spots of all sections; the genes are shared by all of them; the image features of all are
+        standardised with the statistics of all together (``feature_scaling="global"``, the default), or each
+        section's with its own (``"section"``).
 
         Parameters
         ----------
@@ -377,6 +377,7 @@ class HistexModel:
         *,
         key_added: str = "histex",
         use_spots: bool | str = "auto",
+        refit_readout: bool | None = None,
         to_store: bool | None = None,
         layer: str | None = None,
         image_key: str | None = None,
@@ -390,8 +391,9 @@ class HistexModel:
     ) -> str:
         """Predict the 8 µm bins of a section, with its own spots as context or from its image alone.
 
-        No retraining: the section's features are standardised as the model's settings say (with the section's
-        own statistics by default), and its spots, if used, are scaled as the training counts were.
+        No retraining: the section's features are standardised as the model's settings say (with the training
+        sections' statistics by default), and its spots, if used, are scaled as the training counts were. With its
+        spots, the network's output layer is by default refitted to them in closed form (``refit_readout``).
 
         Parameters
         ----------
@@ -404,6 +406,14 @@ class HistexModel:
         use_spots
             ``"auto"``: the section's spots when it has them and their table has the model's genes; ``True``: they
             must be there; ``False``: predict from the image alone (an H&E-only slide).
+        refit_readout
+            Refit each network's linear output layer to the section's spots before predicting it: ridge regression
+            of the spots' residuals on the network's last hidden layer, shrunk towards the trained layer, its
+            penalty chosen by generalised cross-validation (``histex.model.refit_readout``); under a second, every
+            other weight kept, the model itself unchanged. It maps the genes of a cell type that the training
+            sections barely had where the hidden layers tell that cell type apart. ``None``: when the spots are used
+            and the section is not one the model was fitted on. The table's ``uns["histex"]["model"]["readout"]``
+            says how the layer was refitted (or ``"trained"``).
         to_store
             Write into ``sdata``'s zarr store chunk by chunk (``None``: when ``sdata`` is backed).
         layer
@@ -434,16 +444,24 @@ class HistexModel:
         layer = self._layer(layer)
         if use_spots == "auto":
             use_spots = has_spots(sdata, spots_key, table_key, trained.genes, layer)
+        if refit_readout and not use_spots:
+            raise ValueError("refit_readout=True needs the section's spots; it cannot be used with use_spots=False.")
         network = self._network_for(use_spots, torch_device, show_progress)  # refuses before any work
         inputs = self._read_section(
             sdata, use_spots=use_spots, image_key=image_key, spots_key=spots_key, table_key=table_key,
             features_key=features_key, coordinate_system=coordinate_system, mpp=mpp,
         )  # fmt: skip
         counts = self._spot_counts(inputs, layer) if use_spots else None
+        if refit_readout is None:
+            refit_readout = bool(use_spots) and inputs.describe() not in trained.data["sections"]
         log_section(inputs, len(trained.genes))
         timer.lap("inputs")
         problem = self._problem(inputs, counts)
         timer.lap("prepare")
+        if refit_readout:
+            refitted, fit = readout.refit_readout(network.ensemble, problem, network.config)
+            network = network._replace(ensemble=refitted, readout=fit.summary())
+            timer.lap("readout")
         return self._write(sdata, inputs, problem, network, key_added=key_added, to_store=to_store, timer=timer)
 
     def _read_section(self, sdata, *, use_spots: bool, **keys) -> SectionInputs:
@@ -560,6 +578,7 @@ class HistexModel:
             "layer": t.data["layer"],
             "to_store": to_store,
             "use_spots": network.use_spots,
+            "refit_readout": network.readout is not None,
         }
         spots = inputs.spots
         data = {
@@ -591,6 +610,7 @@ class HistexModel:
             "model": {
                 "he_only": self.settings.he_only,
                 "prediction": network.how,
+                "readout": network.readout or "trained",
                 "trained_on": [s["name"] for s in t.data["sections"]],
                 "n_training_spots": [s["n_spots"] for s in t.data["sections"]],
                 "encoder": t.encoder or {},
@@ -636,6 +656,7 @@ class _Network(NamedTuple):
     config: FitConfig
     how: str
     use_spots: bool
+    readout: dict | None = None  # how the output layer was refitted to the section's spots (refit_readout)
 
 
 class _Timer:
