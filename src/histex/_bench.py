@@ -100,9 +100,10 @@ def load_family(
         programmes of ``programme_seed=seed``, so that genes and ``uns["programmes"]`` are identical while tissue,
         spots and counts differ. ``"hgsc_wsi"``: four disjoint ``square_px`` squares of the HGSC whole-slide
         segmentation at 0.5 µm/px, of the eight densest in nuclei the four closest to the slide in their
-        proportions of nucleus classes (:func:`representative_windows`), each with an H&E painted from its nuclei and tissue regions (:func:`histex.sim.paint_he`,
-        seed ``seed + i``) and counts from one programmes table, :func:`histex.sim.draw_programmes` of every nucleus
-        class of the slide (``seed``), shared by all four even where a square lacks a class.
+        proportions of nucleus classes (:func:`representative_windows`), each with an H&E painted from its nuclei
+        and tissue regions (:func:`histex.sim.paint_he`, seed ``seed + i``) and counts from one programmes table,
+        :func:`histex.sim.draw_programmes` of every nucleus class of the slide (``seed``), shared by all four even
+        where a square lacks a class.
     data_dir
         Folder with ``hgsc_nuclei_wsi.parquet`` and ``hgsc_tissue_wsi.parquet`` (``"hgsc_wsi"`` only).
     n_genes

@@ -122,6 +122,12 @@ def build_network(config: FitConfig, n_features: int, n_genes: int) -> torch.nn.
     return ImageOnlyNet(n_features, n_genes, hidden=config.hidden, nonlinear=config.nonlinear)
 
 
+def windows_per_step(config: FitConfig, device: torch.device) -> int:
+    """Windows a prediction runs at a time: ``config.predict_batch_size``, by default 2,048 on a GPU, 256
+    elsewhere."""
+    return config.predict_batch_size or (2048 if device.type == "cuda" else 256)
+
+
 def default_batch_size(n_spots: int) -> int:
     """``min(32, n_spots // 16)``, at least 1 (paper)."""
     return max(1, min(32, n_spots // 16))
@@ -242,21 +248,16 @@ class SpotLoss:
 
     def __call__(self, ensemble: Ensemble, spots: np.ndarray) -> torch.Tensor:
         """Loss per state and spot ``(n_states, n)`` for ``spots`` ``(n_states, n)`` (each state its own)."""
-        targets = self.targets[torch.from_numpy(spots).to(self.device)]
-        return (self.spot_means(ensemble, spots) - targets).square().mean(-1)
-
-    def spot_means(self, ensemble: Ensemble, spots: np.ndarray, *, hidden: bool = False) -> torch.Tensor:
-        """Each state's prediction of ``spots`` (``(n_states, n)``, each state its own; or ``(n,)``, the same for
-        all), the mean over the bins of each disk: ``(n_states, n, genes)``, or with ``hidden`` the mean of the last
-        hidden layer ``(n_states, n, width)``."""
-        out, m = self.window_outputs(ensemble, spots, hidden=hidden)
-        return (out * m[..., None]).sum(2) / m.sum(2, keepdim=True)
+        pred, m = self.window_outputs(ensemble, spots)
+        spot_pred = (pred * m[..., None]).sum(2) / m.sum(2, keepdim=True)
+        return (spot_pred - self.targets[torch.from_numpy(spots).to(self.device)]).square().mean(-1)
 
     def window_outputs(
         self, ensemble: Ensemble, spots: np.ndarray, *, hidden: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each state's output for every bin of the spots' windows, ``(n_states, n, window**2, width)`` in float32,
-        and which bins lie in each spot's disk ``(n_states, n, window**2)``; ``spots`` as for :meth:`spot_means`."""
+        """Each state's output for every bin of the windows of ``spots`` (``(n_states, n)``, each state its own; or
+        ``(n,)``, the same for all), ``(n_states, n, window**2, width)`` in float32: the expression, or with
+        ``hidden`` the last hidden layer; and which bins lie in each spot's disk ``(n_states, n, window**2)``."""
         idx = torch.from_numpy(spots).to(self.device)
         inside = self.token_inside[idx] if self.off_grid[spots].any() else None
         tokens = gather_tokens(self.flat, self.token_idx[idx], inside)

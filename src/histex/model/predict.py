@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from histex._device import resolve_device
 from histex.model.context import nearest_context
 from histex.model.ensemble import Ensemble, compute_dtype
-from histex.model.fit import FitConfig, Problem, _TokenGrid, embedding_dim
+from histex.model.fit import FitConfig, Problem, _TokenGrid, embedding_dim, windows_per_step
 
 
 @dataclass
@@ -97,7 +97,7 @@ def predict_blocks(ensemble: Ensemble, problem: Problem, config: FitConfig) -> I
 
     band_start = 0  # output row of the band's first bin
     band = None  # [mean, spread, embedding, hits] over the band's bins, on the CPU
-    step = config.predict_batch_size or (2048 if device.type == "cuda" else 256)
+    step = windows_per_step(config, device)
     for start in tqdm(range(0, len(anchors), step), desc="predicting", disable=not config.show_progress, leave=False):
         a = anchors[start : start + step]
         index, inside = grid.indices(a)

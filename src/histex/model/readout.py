@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from histex.model.ensemble import Ensemble
-from histex.model.fit import FitConfig, Problem, SpotLoss, resolve_device
+from histex.model.fit import FitConfig, Problem, SpotLoss, resolve_device, windows_per_step
 from histex.nn._networks import positive_head
 
 #: Ridge penalties tried, per spot, on the whitened hidden layer (unit variance over bins).
@@ -62,7 +62,7 @@ def refit_readout(ensemble: Ensemble, problem: Problem, config: FitConfig) -> tu
     weight = ensemble.params["head.linear.weight"].detach()  # (states, genes, width)
     bias = ensemble.params["head.linear.bias"].detach()
     width = weight.shape[-1]
-    step = config.predict_batch_size or (2048 if device.type == "cuda" else 256)
+    step = windows_per_step(config, device)
     spot_hidden, spot_pred = [], []
     second = torch.zeros(n_states, width, width, dtype=torch.float64)
     first = torch.zeros(n_states, width, dtype=torch.float64)
@@ -73,8 +73,9 @@ def refit_readout(ensemble: Ensemble, problem: Problem, config: FitConfig) -> tu
         pred = torch.stack([positive_head(hidden[i], weight[i].float(), bias[i].float()) for i in range(n_states)])
         in_disk = mask[..., None]
         spot_pred.append(((pred * in_disk).sum(2) / in_disk.sum(2)).cpu().double())
-        spot_hidden.append(((hidden * in_disk).sum(2) / in_disk.sum(2)).cpu().double())
-        weighted = (hidden * in_disk).flatten(1, 2)  # the mask is 0 or 1: zero rows add nothing
+        in_disk_hidden = hidden * in_disk  # the mask is 0 or 1: bins outside the disks add nothing below
+        spot_hidden.append((in_disk_hidden.sum(2) / in_disk.sum(2)).cpu().double())
+        weighted = in_disk_hidden.flatten(1, 2)
         second += (weighted.transpose(1, 2) @ weighted).cpu().double()
         first += weighted.sum(1).cpu().double()
         count += float(mask[0].sum())
