@@ -375,3 +375,67 @@ def test_the_written_out_softmax_is_torchs():
     (grad,) = torch.autograd.grad((_softmax(scores) * torch.arange(5.0)).sum(), scores)
     (expected,) = torch.autograd.grad((torch.softmax(scores, -1) * torch.arange(5.0)).sum(), scores)
     assert torch.allclose(grad, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(("queries", "keys"), [(49, 5), (5, 49), (7, 7), (3, 11)])
+def test_prediction_folds_the_attention_into_its_few_tokens_with_the_same_result(queries, keys):
+    """Without autograd, CrossAttention folds the projections of its many tokens into its few: the same function,
+    for plain and stacked weights, both ways round and at equal counts."""
+    from torch.func import functional_call, stack_module_state
+
+    torch.manual_seed(0)
+    attention = CrossAttention(12, 9, dim=32, heads=4)
+    q, context = torch.randn(6, queries, 12) * 3, torch.randn(6, keys, 9) * 3
+    expected = attention(q, context)  # with autograd: the projections, then the attention
+    with torch.no_grad():
+        folded = attention(q, context)
+    assert (folded - expected).abs().max() < 1e-5
+    assert (folded - expected).abs().max() > 0 or queries == keys  # it did compute otherwise
+
+    layers = [attention, CrossAttention(12, 9, dim=32, heads=4)]
+    stacked, _ = stack_module_state(layers)
+    states_q, states_context = torch.randn(2, 6, queries, 12), torch.randn(2, 6, keys, 9)
+    with torch.no_grad():
+        together = functional_call(attention, stacked, (states_q, states_context))
+    for i, layer in enumerate(layers):
+        assert (together[i] - layer(states_q[i], states_context[i])).abs().max() < 1e-5
+
+
+def test_stacked_linear_is_each_states_linear_exactly():
+    from histex.nn._stacked import linear
+
+    torch.manual_seed(0)
+    weight, bias, x = torch.randn(3, 7, 5), torch.randn(3, 7), torch.randn(3, 4, 6, 5)
+    out = linear(x, weight, bias)
+    assert out.shape == (3, 4, 6, 7)
+    for i in range(3):
+        assert torch.equal(out[i], torch.nn.functional.linear(x[i], weight[i], bias[i]))
+        assert torch.equal(linear(x, weight, None)[i], x[i] @ weight[i].T)
+    assert torch.equal(linear(x[0], weight[0], bias[0]), torch.nn.functional.linear(x[0], weight[0], bias[0]))
+
+
+@pytest.mark.parametrize("network", ["histex", "image_only"])
+def test_ensemble_predicts_stacked_as_it_trains_vmapped(network):
+    """Without autograd the states run as one stacked computation, not vmapped: the same outputs, shared or per-state
+    inputs, with or without gene tokens, expression or hidden layer."""
+    from histex.model.ensemble import Ensemble
+
+    torch.manual_seed(0)
+    make = {
+        "histex": lambda: HistexNet(20, 10, hidden=(16, 8), context_skip=True, carry_context=True),
+        "image_only": lambda: ImageOnlyNet(20, 10, hidden=(16, 8)),
+    }[network]
+    ensemble = Ensemble([make() for _ in range(3)]).eval()
+    tokens, genes = torch.randn(4, 49, 20), torch.rand(4, 5, 10)
+    per_state = torch.randn(3, 4, 49, 20), torch.rand(3, 4, 5, 10)
+    cases = [((tokens, genes), True), (per_state, False)]
+    if network == "histex":
+        cases.append(((tokens, None), True))  # an H&E-only slide
+    for (t, g), shared in cases:
+        for hidden in (False, True):
+            vmapped = ensemble(t, g, shared=shared, hidden=hidden)  # autograd on: vmapped, as in training
+            with torch.no_grad():
+                stacked = ensemble(t, g, shared=shared, hidden=hidden)
+            for a, b in zip(vmapped, stacked, strict=True):
+                assert a.shape == b.shape
+                assert (a.detach() - b).abs().max() < 1e-5

@@ -78,7 +78,13 @@ class Ensemble:
         (mixed precision: the parameters, their gradients and the optimiser stay in float32). torch.autocast does
         not reach into vmapped functional calls, so the cast is made here. With ``hidden``, the first output is
         each network's last hidden layer instead of its expression.
+
+        Where no gradient is recorded (predicting), the states run as one computation on their stacked parameters,
+        which the networks' layers take directly (:func:`histex.nn._stacked.linear`), not vmapped: a third less time
+        per prediction in bfloat16 on the CPU. The same function; in float32 the same numbers.
         """
+        if not torch.is_grad_enabled():
+            return self._stacked(image_tokens, gene_tokens, shared=shared, dtype=dtype, hidden=hidden)
         axis = None if shared else 0
 
         def one_state(params, buffers, tokens, genes):
@@ -93,6 +99,17 @@ class Ensemble:
         return vmap(one_state, in_dims=in_dims, randomness="different")(
             self.params, self.buffers, image_tokens, gene_tokens
         )
+
+    def _stacked(self, image_tokens, gene_tokens, *, shared: bool, dtype: torch.dtype | None, hidden: bool):
+        params, buffers = self.params, self.buffers
+        if dtype is not None:
+            params = {name: p.to(dtype) for name, p in params.items()}
+            image_tokens = image_tokens.to(dtype)
+            gene_tokens = None if gene_tokens is None else gene_tokens.to(dtype)
+        if shared:  # every state sees the same batch: a view with a state axis of stride 0
+            image_tokens = image_tokens.expand(self.n_states, *image_tokens.shape)
+            gene_tokens = None if gene_tokens is None else gene_tokens.expand(self.n_states, *gene_tokens.shape)
+        return functional_call(self._template, (params, buffers), (image_tokens, gene_tokens), {"hidden": hidden})
 
     def state_dicts(self) -> list[dict[str, torch.Tensor]]:
         """One state dict per network, as :meth:`torch.nn.Module.load_state_dict` takes it."""

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from histex.nn._attention import FusionBlock
+from histex.nn._stacked import Linear, linear
 
 
 def mlp(in_dim: int, hidden: Sequence[int], *, nonlinear: bool) -> nn.Sequential:
@@ -20,7 +21,7 @@ def mlp(in_dim: int, hidden: Sequence[int], *, nonlinear: bool) -> nn.Sequential
     layers: list[nn.Module] = []
     dim = in_dim
     for width in hidden:
-        layers.append(nn.Linear(dim, width))
+        layers.append(Linear(dim, width))
         if nonlinear:
             layers.append(nn.GELU())
         dim = width
@@ -32,7 +33,7 @@ class PositiveHead(nn.Module):
 
     def __init__(self, in_dim: int, n_genes: int):
         super().__init__()
-        self.linear = nn.Linear(in_dim, n_genes)
+        self.linear = Linear(in_dim, n_genes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return positive_head(x, self.linear.weight, self.linear.bias)
@@ -40,7 +41,7 @@ class PositiveHead(nn.Module):
 
 def positive_head(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """:class:`PositiveHead` with the given weights: ``ELU(x @ weight.T + bias, alpha=0.01) + 0.01``."""
-    return nn.functional.elu(nn.functional.linear(x, weight, bias), alpha=0.01) + 0.01
+    return nn.functional.elu(linear(x, weight, bias), alpha=0.01) + 0.01
 
 
 class HistexNet(nn.Module):
@@ -132,11 +133,11 @@ class HistexNet(nn.Module):
             fused = block(fused, gene_tokens)
         shown = fused
         if self.training and self.fusion_dropout > 0:
-            shown = fused * (torch.rand(fused.shape[0], 1, 1, device=fused.device) >= self.fusion_dropout)
-        context_mean = gene_tokens.mean(dim=1)
+            shown = fused * (torch.rand(*fused.shape[:-2], 1, 1, device=fused.device) >= self.fusion_dropout)
+        context_mean = gene_tokens.mean(dim=-2)
         if self.training and self.context_withheld > 0:
-            kept = torch.rand(fused.shape[0], 1, device=fused.device) >= self.context_withheld
-            shown = shown * kept[:, :, None]
+            kept = torch.rand(*fused.shape[:-2], 1, device=fused.device) >= self.context_withheld
+            shown = shown * kept[..., None]
             context_mean = context_mean * kept
         per_bin = torch.cat([shown, image_tokens], dim=-1)
         if not self.context_skip:
@@ -145,9 +146,9 @@ class HistexNet(nn.Module):
         # window, so its share of that layer is computed once per window and broadcast, not once per bin (the same
         # map as concatenating it to every bin, at a quarter less compute per step on 1,000 genes).
         first = self.mlp[0]
-        w_bins, w_context = first.weight.split([per_bin.shape[-1], gene_tokens.shape[-1]], dim=1)
-        h = nn.functional.linear(per_bin, w_bins, first.bias)
-        h = h + nn.functional.linear(context_mean, w_context)[:, None, :]
+        w_bins, w_context = first.weight.split([per_bin.shape[-1], gene_tokens.shape[-1]], dim=-1)
+        h = linear(per_bin, w_bins, first.bias)
+        h = h + linear(context_mean, w_context, None)[..., None, :]
         return self.mlp[1:](h), fused
 
     def _image_alone(self, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,8 +157,8 @@ class HistexNet(nn.Module):
         dim = self.blocks[-1].linear.out_features
         first = self.mlp[0]
         # zero inputs contribute nothing: only the image columns of the first layer act
-        w_image = first.weight[:, dim : dim + image_tokens.shape[-1]]
-        h = self.mlp[1:](nn.functional.linear(image_tokens, w_image, first.bias))
+        w_image = first.weight[..., dim : dim + image_tokens.shape[-1]]
+        h = self.mlp[1:](linear(image_tokens, w_image, first.bias))
         return h, h
 
 
