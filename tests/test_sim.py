@@ -79,7 +79,11 @@ def test_from_nuclei_gives_a_section_with_its_truth():
     classes = np.where(centres[:, 0] < 600, "tumour", "immune")
     sdata = hx.sim.from_nuclei(image, nuclei_frame(classes, centres), mpp=0.5, n_genes=20, seed=3)
     truth, spots = sdata.tables["truth"], sdata.tables["table"]
-    assert set(sdata.images) == {"sim_full_image"} and set(sdata.shapes) == {"sim", "truth_bins"}
+    assert set(sdata.images) == {"sim_full_image"} and set(sdata.shapes) == {
+        "sim",
+        "truth_bins",
+        "truth_cells_boundaries",
+    }
     assert list(truth.var_names) == list(spots.var_names) == [f"G{i:03d}" for i in range(20)]
     programmes = truth.uns["programmes"]
     assert set(programmes.index) == {"immune", "tumour"}
@@ -96,6 +100,17 @@ def test_from_nuclei_gives_a_section_with_its_truth():
                               truth.obs["array_row"], truth.obs["array_col"], truth.X, radius_px=55.0).toarray(),
         rtol=1e-5,
     )  # fmt: skip
+    # the truth per cell: every nucleus with its counts, which the bins hold split by area
+    cells = sdata.tables["truth_cells"]
+    assert cells.n_obs == 900 and list(cells.var_names) == list(truth.var_names)
+    assert cells.obs["class"].tolist() == classes.tolist()
+    np.testing.assert_allclose(cells.X.sum(0), truth.X.sum(0), rtol=1e-5)
+    np.testing.assert_allclose(cells.obs["area_um2"], np.pi * 6**2 * 0.25, rtol=0.05)
+    np.testing.assert_allclose(cells.obsm["spatial"], centres, atol=0.05)
+    from spatialdata.models import get_table_keys
+
+    assert get_table_keys(cells) == ("truth_cells_boundaries", "region", "cell_id")
+    assert len(sdata.shapes["truth_cells_boundaries"]) == 900
     # histex reads it: the pixel size from the metadata, every spot inside the image
     section = hx._sdata.read_section(sdata)
     assert section.mpp == pytest.approx(0.5) and len(section.spots.xy_px) == spots.n_obs

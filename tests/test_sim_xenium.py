@@ -150,6 +150,12 @@ def test_counts_are_conserved_and_cells_split_by_area(run):
     assert grid[CELL_B[0], CELL_B[1] + 1, b] == pytest.approx(20 * 6 / 8)
     info = truth.uns["xenium"]
     assert info["n_cells_dropped"] == 0 and info["mpp"] == pytest.approx(HE_MPP)
+    # the truth per cell: the run's counts of every cell, with its outline on the H&E
+    cells = result.tables["truth_cells"]
+    assert cells.n_obs == len(counts) and list(cells.var_names) == GENES
+    np.testing.assert_allclose(cells.X.toarray(), counts, rtol=1e-6)
+    outlines = result.shapes["truth_cells_boundaries"]
+    assert len(outlines) == len(counts) and outlines.geometry.is_valid.all()
 
 
 def test_spots_sum_the_truth_bins_and_section_reads_back(run):

@@ -126,9 +126,13 @@ def find_spots(sdata, spots_key: str | None = None, table_key: str | None = None
 
 def image_array(sdata, image_key: str):
     """The full-resolution level of an image element, as a ``(c, y, x)`` DataArray (lazy when the source is)."""
+    return full_resolution(sdata.images[image_key])
+
+
+def full_resolution(element):
+    """The full-resolution level of an image or labels element (a DataArray, or the first scale of a DataTree)."""
     from xarray import DataTree
 
-    element = sdata.images[image_key]
     if isinstance(element, DataTree):
         first = min(element.children)
         return next(iter(element[first].ds.data_vars.values()))

@@ -7,7 +7,7 @@ the bins they overlap; :func:`hex_spots` and :func:`sum_into_spots` make the pse
 the result out as ``spatialdata_io.visium`` does, with the truth table.
 """
 
-from histex.sim._cells import cell_bin_weights, points_to_bins
+from histex.geometry import cell_bin_weights, points_to_bins
 from histex.sim._layout import visium_like
 from histex.sim._nuclei import draw_programmes, from_nuclei
 from histex.sim._paint import paint_he

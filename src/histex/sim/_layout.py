@@ -123,3 +123,36 @@ def visium_like(
             "truth": TableModel.parse(truth, region="truth_bins", region_key="region", instance_key="instance_id"),
         },
     )
+
+
+def add_truth_cells(sdata, polygons, counts, *, mpp: float, var: pd.DataFrame, obs: pd.DataFrame | None = None) -> None:
+    """Add the truth per cell: ``shapes["truth_cells_boundaries"]`` (the cells' polygons in the H&E's pixels,
+    placed as the truth bins are) and ``tables["truth_cells"]`` annotating them (``X`` the cell's counts,
+    ``obs["area_um2"]``, ``obsm["spatial"]`` centroids, and the columns of ``obs``)."""
+    import geopandas as gpd
+    import shapely
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import get_transformation
+
+    polygons = np.asarray(polygons, dtype=object)
+    transformations = copy.deepcopy(get_transformation(sdata.shapes["truth_bins"], get_all=True))
+    cell_id = np.arange(len(polygons))
+    shapes = ShapesModel.parse(
+        gpd.GeoDataFrame(geometry=list(polygons), index=pd.Index(cell_id)), transformations=transformations
+    )
+    cells_obs = pd.DataFrame(
+        {
+            "region": pd.Categorical(["truth_cells_boundaries"] * len(polygons)),
+            "cell_id": cell_id,
+            "area_um2": shapely.area(polygons) * mpp**2,
+        },
+        index=pd.Index([f"cell_{i}" for i in cell_id]),
+    )
+    for column in [] if obs is None else obs.columns:
+        cells_obs[column] = np.asarray(obs[column])
+    table = ad.AnnData(X=sp.csr_matrix(counts, dtype=np.float32), obs=cells_obs, var=var.copy())
+    table.obsm["spatial"] = shapely.get_coordinates(shapely.centroid(polygons)).reshape(-1, 2)
+    sdata.shapes["truth_cells_boundaries"] = shapes
+    sdata.tables["truth_cells"] = TableModel.parse(
+        table, region="truth_cells_boundaries", region_key="region", instance_key="cell_id"
+    )

@@ -9,9 +9,8 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import ndimage
 
-from histex.geometry import BinGrid
-from histex.sim._cells import cell_bin_weights
-from histex.sim._layout import visium_like
+from histex.geometry import BinGrid, cell_bin_weights
+from histex.sim._layout import add_truth_cells, visium_like
 from histex.sim._pseudo import pseudo_visium
 
 logger = logging.getLogger("histex")
@@ -84,8 +83,9 @@ def from_nuclei(
     -------
     spatialdata.SpatialData
         Ready for :func:`histex.pp.extract_features` and :func:`histex.tl.super_resolve`, with ``tables["truth"]``
-        (``obs["in_tissue"]``, ``obs["class"]``: the class covering most of the bin) and
-        ``tables["truth"].uns["programmes"]``.
+        (``obs["in_tissue"]``, ``obs["class"]``: the class covering most of the bin),
+        ``tables["truth"].uns["programmes"]``, and the truth per cell: ``shapes["truth_cells_boundaries"]`` (the
+        nuclei) and ``tables["truth_cells"]`` (their counts, ``obs["class"]``, ``obs["area_um2"]``).
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
@@ -162,4 +162,7 @@ def from_nuclei(
         truth_obs=truth_obs,
     )
     sdata.tables["truth"].uns["programmes"] = programmes
+    add_truth_cells(
+        sdata, polygons, cell_counts, mpp=mpp, var=var, obs=pd.DataFrame({"class": pd.Categorical(classes)})
+    )
     return sdata

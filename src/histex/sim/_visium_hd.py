@@ -18,8 +18,7 @@ from histex._sdata import (
     image_array,
     to_image_pixels,
 )
-from histex.geometry import BinGrid
-from histex.sim._cells import cell_bin_weights
+from histex.geometry import BinGrid, cell_bin_weights
 from histex.sim._layout import visium_like
 from histex.sim._pseudo import pseudo_visium
 

@@ -25,9 +25,8 @@ import scipy.sparse as sp
 from scipy import ndimage
 
 from histex._sdata import _choices, element_transformations, image_array, to_image_pixels
-from histex.geometry import BinGrid
-from histex.sim._cells import cell_bin_weights, points_to_bins
-from histex.sim._layout import visium_like
+from histex.geometry import BinGrid, cell_bin_weights, points_to_bins
+from histex.sim._layout import add_truth_cells, visium_like
 from histex.sim._pseudo import pseudo_visium
 
 logger = logging.getLogger("histex")
@@ -204,7 +203,9 @@ def from_xenium(
         The layout of :func:`histex.sim.visium_like`: the H&E (``images[f"{dataset_id}_full_image"]``, with its
         transformations, as are the spots and bins), ``tables["table"]`` (spots) and ``tables["truth"]`` (bins:
         ``obs`` ``in_tissue``, ``n_cells``: the cells' area share in the bin); ``tables["truth"].uns["xenium"]``
-        records the source and what was dropped.
+        records the source and what was dropped. The truth per cell: ``shapes["truth_cells_boundaries"]`` and
+        ``tables["truth_cells"]`` (the run's counts of each cell kept, ``obs["xenium_cell_id"]``; with
+        ``use_transcripts`` too, where the bins count the transcripts instead).
     """
     import shapely
 
@@ -266,6 +267,7 @@ def from_xenium(
     if n_unmatched:
         logger.warning("%d cells of table %r have no polygon in %r and are left out.", n_unmatched, table_key,
                        shapes_key)  # fmt: skip
+    cell_polygons = _union_per_cell(polygons, cell_of_poly, len(cells))[on_grid]
     cells, weights = cells[on_grid], weights[on_grid]
     genes = pd.Index(table.var_names.astype(str))
 
@@ -317,7 +319,23 @@ def from_xenium(
         transformations=element_transformations(sdata.images[image_key]),
     )
     sdata_out.tables["truth"].uns["xenium"] = info
+    cell_counts = sp.csr_matrix(table.X[cells], dtype=np.float32)
+    add_truth_cells(sdata_out, cell_polygons, cell_counts, mpp=mpp, var=pd.DataFrame(index=genes),
+                    obs=pd.DataFrame({"xenium_cell_id": np.asarray(cell_ids)[cells]}))  # fmt: skip
     return sdata_out
+
+
+def _union_per_cell(polygons: np.ndarray, cell_of_poly: np.ndarray, n_cells: int) -> np.ndarray:
+    """One geometry per cell: its polygon, or the union of its polygons."""
+    import shapely
+
+    out = np.empty(n_cells, dtype=object)
+    counts = np.bincount(cell_of_poly, minlength=n_cells)
+    single = counts[cell_of_poly] == 1
+    out[cell_of_poly[single]] = polygons[single]
+    for cell in np.flatnonzero(counts > 1):
+        out[cell] = shapely.union_all(polygons[cell_of_poly == cell])
+    return out
 
 
 def _transcripts_per_bin(sdata, points_key: str, image_key: str, genes: pd.Index, grid: BinGrid, min_qv, info: dict):
