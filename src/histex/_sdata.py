@@ -207,7 +207,7 @@ def read_spots(sdata, spots_key: str, table_key: str, image_key: str, coordinate
         )
     affine = to_image_pixels(sdata, gdf, image_key, coordinate_system)
     xy = np.stack([gdf.geometry.x.to_numpy(), gdf.geometry.y.to_numpy()], axis=1)[position]
-    xy_px = xy @ affine[:2, :2].T + affine[:2, 2]
+    xy_px = geometry.apply_affine(affine, xy)
     scale = float(np.sqrt(abs(np.linalg.det(affine[:2, :2]))))
     radius = gdf["radius"].to_numpy(dtype=float)[position] * scale
     if not np.all(np.isfinite(radius)) or (radius <= 0).any():

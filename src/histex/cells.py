@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from histex.geometry import BinGrid, cell_bin_weights
+from histex.geometry import BinGrid, apply_affine, cell_bin_weights, points_to_bins
 
 
 @dataclass
@@ -31,6 +31,19 @@ class CellOverlap:
     centroid: np.ndarray
 
 
+def cell_polygons(gdf, name: str) -> np.ndarray:
+    """The geometries of a shapes element as cells: its polygons, or its circles (points with a ``radius``
+    column, as spatialdata stores them) as 64-gons."""
+    import shapely
+
+    geoms = np.asarray(gdf.geometry.values, dtype=object)
+    if len(geoms) and (gdf.geometry.geom_type == "Point").all():
+        if "radius" not in gdf.columns:
+            raise ValueError(f"The point shapes {name!r} have no 'radius' column to make cells of.")
+        geoms = shapely.buffer(geoms, gdf["radius"].to_numpy(float), quad_segs=16)
+    return geoms
+
+
 def polygon_overlap(polygons, affine: np.ndarray, grid: BinGrid, *, chunk: int = 100_000) -> CellOverlap:
     """:class:`CellOverlap` of shapely polygons in their own coordinates, placed on the H&E by ``affine`` (3 x 3,
     ``(x, y)`` to H&E pixels). ``chunk`` cells at a time, so that the intersections with the bins (a few per cell)
@@ -40,7 +53,7 @@ def polygon_overlap(polygons, affine: np.ndarray, grid: BinGrid, *, chunk: int =
     polygons = np.asarray(getattr(polygons, "values", polygons), dtype=object)
     parts, areas = [], []
     for start in range(0, len(polygons), chunk):
-        on_image = shapely.transform(polygons[start : start + chunk], lambda xy: xy @ affine[:2, :2].T + affine[:2, 2])
+        on_image = shapely.transform(polygons[start : start + chunk], lambda xy: apply_affine(affine, xy))
         area = shapely.area(on_image)
         parts.append((sp.diags(area) @ cell_bin_weights(on_image, grid)).tocsr())
         areas.append(area)
@@ -98,10 +111,8 @@ def label_overlap(
             continue
         ids = block[ys, xs].astype(np.int64)
         xy = np.stack([xs + 0.5, ys + top + 0.5], axis=1)
-        on_image = xy @ affine[:2, :2].T + affine[:2, 2]
-        r = np.floor(on_image[:, 1] / grid.bin_px).astype(np.int64)
-        c = np.floor(on_image[:, 0] / grid.bin_px).astype(np.int64)
-        flat = np.where((r >= 0) & (r < grid.n_rows) & (c >= 0) & (c < grid.n_cols), r * grid.n_cols + c, n_bins)
+        flat = points_to_bins(apply_affine(affine, xy), grid)
+        flat[flat < 0] = n_bins  # off the grid
         key, count = np.unique(ids * (n_bins + 1) + flat, return_counts=True)  # n_bins: off the grid
         pairs.append(np.stack([key // (n_bins + 1), key % (n_bins + 1), count], axis=1))
         order = np.unique(ids, return_inverse=True)

@@ -235,6 +235,11 @@ def cell_bin_weights(polygons, grid: BinGrid) -> sp.csr_matrix:
     return sp.csr_matrix((share[keep], (cell[keep], rows[keep] * grid.n_cols + cols[keep])), shape=(n_cells, n_bins))
 
 
+def apply_affine(affine: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Points ``(n, 2)`` ``(x, y)`` through a 3 x 3 affine matrix."""
+    return np.asarray(xy) @ affine[:2, :2].T + affine[:2, 2]
+
+
 def points_to_bins(xy: np.ndarray, grid: BinGrid) -> np.ndarray:
     """Flat bin index of each point ``(x, y)`` in image pixels; -1 for points off the grid."""
     xy = np.asarray(xy, dtype=float)

@@ -88,10 +88,7 @@ class Ensemble:
         axis = None if shared else 0
 
         def one_state(params, buffers, tokens, genes):
-            if dtype is not None:
-                params = {name: p.to(dtype) for name, p in params.items()}
-                tokens = tokens.to(dtype)
-                genes = None if genes is None else genes.to(dtype)
+            params, tokens, genes = _cast(dtype, params, tokens, genes)
             return functional_call(self._template, (params, buffers), (tokens, genes), {"hidden": hidden})
 
         in_dims = (0, 0, axis, None if gene_tokens is None else axis)
@@ -101,15 +98,11 @@ class Ensemble:
         )
 
     def _stacked(self, image_tokens, gene_tokens, *, shared: bool, dtype: torch.dtype | None, hidden: bool):
-        params, buffers = self.params, self.buffers
-        if dtype is not None:
-            params = {name: p.to(dtype) for name, p in params.items()}
-            image_tokens = image_tokens.to(dtype)
-            gene_tokens = None if gene_tokens is None else gene_tokens.to(dtype)
+        params, image_tokens, gene_tokens = _cast(dtype, self.params, image_tokens, gene_tokens)
         if shared:  # every state sees the same batch: a view with a state axis of stride 0
             image_tokens = image_tokens.expand(self.n_states, *image_tokens.shape)
             gene_tokens = None if gene_tokens is None else gene_tokens.expand(self.n_states, *gene_tokens.shape)
-        return functional_call(self._template, (params, buffers), (image_tokens, gene_tokens), {"hidden": hidden})
+        return functional_call(self._template, (params, self.buffers), (image_tokens, gene_tokens), {"hidden": hidden})
 
     def state_dicts(self) -> list[dict[str, torch.Tensor]]:
         """One state dict per network, as :meth:`torch.nn.Module.load_state_dict` takes it."""
@@ -134,6 +127,14 @@ class Ensemble:
         """Put back parameters taken by :meth:`snapshot`."""
         for name, p in self.params.items():
             p.copy_(snapshot[name])
+
+
+def _cast(dtype: torch.dtype | None, params: dict, tokens: torch.Tensor, genes: torch.Tensor | None):
+    """Weights and inputs in the forward pass's dtype (``None``: as they are)."""
+    if dtype is None:
+        return params, tokens, genes
+    params = {name: p.to(dtype) for name, p in params.items()}
+    return params, tokens.to(dtype), None if genes is None else genes.to(dtype)
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype | None:

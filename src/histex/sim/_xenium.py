@@ -25,7 +25,8 @@ import scipy.sparse as sp
 from scipy import ndimage
 
 from histex._sdata import _choices, element_transformations, image_array, to_image_pixels
-from histex.geometry import BinGrid, cell_bin_weights, points_to_bins
+from histex.cells import cell_polygons
+from histex.geometry import BinGrid, apply_affine, cell_bin_weights, points_to_bins
 from histex.sim._layout import add_truth_cells, visium_like
 from histex.sim._pseudo import pseudo_visium
 
@@ -94,10 +95,6 @@ def _shared_cs(sdata, image_key: str, element, element_name: str) -> str:
     return "global" if "global" in common else common[0]
 
 
-def _apply(affine: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    return xy @ affine[:2, :2].T + affine[:2, 2]
-
-
 def _mpp_from(affine: np.ndarray, mpp: float | None) -> float:
     """µm per H&E pixel: given, or from the affine µm -> H&E pixels."""
     singular = np.linalg.svd(affine[:2, :2], compute_uv=False)
@@ -116,15 +113,10 @@ def _mpp_from(affine: np.ndarray, mpp: float | None) -> float:
     return derived
 
 
-def _polygons_px(gdf, affine: np.ndarray) -> np.ndarray:
+def _polygons_px(gdf, affine: np.ndarray, name: str) -> np.ndarray:
     import shapely
 
-    geoms = np.asarray(gdf.geometry.values, dtype=object)
-    if len(geoms) and (gdf.geometry.geom_type == "Point").all():
-        if "radius" not in gdf.columns:
-            raise ValueError("Point shapes need a 'radius' column to be used as cells.")
-        geoms = shapely.buffer(geoms, gdf["radius"].to_numpy(float), quad_segs=16)
-    return shapely.transform(geoms, lambda xy: _apply(affine, xy))
+    return shapely.transform(cell_polygons(gdf, name), lambda xy: apply_affine(affine, xy))
 
 
 def _cell_ids(table) -> np.ndarray:
@@ -236,7 +228,7 @@ def from_xenium(
         raise ValueError(f"Table {table_key!r} names some cells twice; cell ids must be unique.")
     poly_ids = (gdf[CELL_ID] if CELL_ID in gdf.columns else pd.Series(gdf.index)).astype(str).to_numpy()
     row_of_poly = pd.Index(cell_ids).get_indexer(poly_ids)
-    polygons = _polygons_px(gdf, affine)
+    polygons = _polygons_px(gdf, affine, shapes_key)
     area = shapely.area(polygons)
     usable = (row_of_poly >= 0) & (area > 0)
     if not usable.any():
@@ -357,7 +349,7 @@ def _transcripts_per_bin(sdata, points_key: str, image_key: str, genes: pd.Index
         keep &= df["qv"].to_numpy(float) >= min_qv
     gene = genes.get_indexer(df[feature_key].astype(str).to_numpy())
     keep_gene = keep & (gene >= 0)
-    xy = _apply(affine, df[["x", "y"]].to_numpy(float))
+    xy = apply_affine(affine, df[["x", "y"]].to_numpy(float))
     flat = points_to_bins(xy, grid)
     on = keep_gene & (flat >= 0)
     info.update(

@@ -13,6 +13,7 @@ from histex import cells as _cells
 from histex._backing import drop_element, is_backed, quiet_zarr_notices
 from histex._sdata import _choices, element_transformations, full_resolution, to_image_pixels
 from histex.geometry import BinGrid
+from histex.pp._features import tissue_key
 
 logger = logging.getLogger("histex")
 
@@ -77,8 +78,8 @@ def to_cells(
         raise ValueError(f"expand_um must be a distance of zero or more µm, got {expand_um!r}.")
     cells_key, kind = _find_cells(sdata, cells_key)
     key_added = f"{table_key}_cells" if key_added is None else key_added
-    grown_kind, grown_key = (kind, f"{key_added}_{'boundaries' if kind == 'shapes' else 'labels'}")
-    outputs = [("tables", key_added)] + ([(grown_kind, grown_key)] if expand_um > 0 else [])
+    grown_key = f"{key_added}_{'boundaries' if kind == 'shapes' else 'labels'}"  # the grown cells, of the cells' kind
+    outputs = [("tables", key_added)] + ([(kind, grown_key)] if expand_um > 0 else [])
     _check_outputs(sdata, outputs, inputs={cells_key, table_key, data["image_key"], data.get("features_key")})
     element = getattr(sdata, kind)[cells_key]
     image_key, cs, mpp = data["image_key"], data["coordinate_system"], float(data["mpp"])
@@ -158,7 +159,7 @@ def to_cells(
             logger.info("Overwriting %r.", name)
         drop_element(sdata, out_kind, name, from_store=to_store)
     if grown_element is not None:
-        getattr(sdata, grown_kind)[grown_key] = grown_element
+        getattr(sdata, kind)[grown_key] = grown_element
     sdata.tables[key_added] = table
     if to_store:
         with quiet_zarr_notices():
@@ -208,7 +209,7 @@ def _bin_regions(sdata) -> set[str]:
             out.update([region] if isinstance(region, str) else list(region))
         data = table.uns.get("histex", {}).get("data", {}) if isinstance(table.uns.get("histex"), dict) else {}
         if data.get("features_key"):
-            out.add(str(data["features_key"]).removesuffix("_features") + "_tissue")
+            out.add(tissue_key(str(data["features_key"])))
     return out
 
 
@@ -255,17 +256,10 @@ def _check_outputs(sdata, outputs: list[tuple[str, str]], inputs: set) -> None:
 
 
 def _polygons(gdf, cells_key: str) -> np.ndarray:
-    import shapely
-
-    geoms = np.asarray(gdf.geometry.values, dtype=object)
     types = set(gdf.geometry.geom_type.unique()) if len(gdf) else set()
-    if types == {"Point"}:
-        if "radius" not in gdf.columns:
-            raise ValueError(f"The point shapes {cells_key!r} have no 'radius' column to make cells of.")
-        return shapely.buffer(geoms, gdf["radius"].to_numpy(float), quad_segs=16)
-    if not types <= {"Polygon", "MultiPolygon"}:
+    if types != {"Point"} and not types <= {"Polygon", "MultiPolygon"}:
         raise ValueError(f"The shapes {cells_key!r} are {sorted(types)}; cells are polygons (or circles).")
-    return geoms
+    return _cells.cell_polygons(gdf, cells_key)
 
 
 def _grown_shapes(element, grown: np.ndarray):
