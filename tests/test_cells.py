@@ -187,6 +187,12 @@ def test_expand_um_grows_the_cells_in_a_new_element(resolved):
     # run again: the earlier output is replaced, not refused
     hx.tl.to_cells(sdata, cells_key="nuclei", expand_um=1.0, key_added="grown")
     assert sdata.shapes["grown_boundaries"].geometry.iloc[0].area < grown.geometry.iloc[0].area
+    # without growing, the grown cells of the earlier call, which nothing annotates any more, go; growing again works
+    hx.tl.to_cells(sdata, cells_key="nuclei", key_added="grown")
+    assert "grown_boundaries" not in sdata.shapes
+    assert sdata.tables[key].obs["region"].iloc[0] == "nuclei"
+    hx.tl.to_cells(sdata, cells_key="nuclei", expand_um=1.0, key_added="grown")
+    assert sdata.tables[key].obs["region"].iloc[0] == "grown_boundaries"
 
 
 def test_cells_are_found_when_there_is_one_candidate(resolved):

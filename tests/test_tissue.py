@@ -192,3 +192,16 @@ def test_real_mouse_brain_crop():
     rows = np.floor(spots[:, 1] / grid.bin_px).astype(int)
     cols = np.floor(spots[:, 0] / grid.bin_px).astype(int)
     assert mask[rows, cols].all()
+
+
+def test_a_section_without_tissue_is_refused_by_name(small_toy):
+    import spatialdata as sd
+
+    import histex as hx
+
+    sdata = sd.deepcopy(small_toy)
+    (mask_key,) = [k for k in sdata.labels if k.endswith("_tissue")]
+    sdata.labels[mask_key] = sdata.labels[mask_key] * 0
+    with pytest.raises(ValueError, match="holds no tissue"):
+        hx.tl.super_resolve(sdata, epochs=1, n_states=1, show_progress=False)
+    assert "histex" not in sdata.tables

@@ -1,4 +1,5 @@
-"""Tissue domains on a bin grid: smoothing, clustering, marker scores, labels and boundaries. Arrays in, arrays out."""
+"""Tissue domains on a bin grid or on cells: smoothing, clustering, marker scores, labels and boundaries. Arrays in,
+arrays out."""
 
 from __future__ import annotations
 
@@ -98,3 +99,58 @@ def boundary_bins(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray, *, ign
         other = grid[rows + 1 + dr, cols + 1 + dc]
         edge |= (other > 0) & (other != own)
     return edge & (own > 0)
+
+
+def typical_spacing(xy: np.ndarray) -> float:
+    """The median distance from a point to its nearest neighbour: the spacing of cells, as a bin is of bins."""
+    from scipy.spatial import cKDTree
+
+    if len(xy) < 2:
+        return 1.0
+    distance, _ = cKDTree(xy).query(xy, k=2)
+    spacing = float(np.median(distance[:, 1]))
+    return spacing if spacing > 0 else 1.0
+
+
+def _near_pairs(xy: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs ``(i, j)`` of points closer than ``radius``, both ways round and each point with itself, and their
+    distances."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(xy)
+    pairs = tree.query_pairs(radius, output_type="ndarray")
+    distance = np.linalg.norm(xy[pairs[:, 0]] - xy[pairs[:, 1]], axis=1)
+    n = len(xy)
+    i = np.concatenate([pairs[:, 0], pairs[:, 1], np.arange(n)])
+    j = np.concatenate([pairs[:, 1], pairs[:, 0], np.arange(n)])
+    d = np.concatenate([distance, distance, np.zeros(n)])
+    return i, j, d
+
+
+def smooth_on_points(values: np.ndarray, xy: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian average of per-point vectors over neighbouring points (``sigma`` in the units of ``xy``, the
+    average over points within 3 sigma), normalised by the weights present, so that the tissue edge is not pulled
+    towards zero."""
+    import scipy.sparse as sp
+
+    values = np.asarray(values, dtype=np.float32)
+    if sigma <= 0 or len(values) < 2:
+        return values
+    i, j, d = _near_pairs(np.asarray(xy, dtype=np.float64), 3 * sigma)
+    weights = sp.csr_matrix((np.exp(-0.5 * (d / sigma) ** 2).astype(np.float32), (i, j)), shape=(len(xy),) * 2)
+    norm = np.asarray(weights.sum(axis=1), dtype=np.float32)
+    return np.asarray(weights @ values, dtype=np.float32) / norm
+
+
+def boundary_points(labels: np.ndarray, xy: np.ndarray, radius: float, *, ignore: str = "unknown") -> np.ndarray:
+    """Points with a neighbour within ``radius`` that carries another label; points labelled ``ignore`` are never
+    boundaries and do not make their neighbours ones (as :func:`boundary_bins` on a grid)."""
+    labels = np.asarray(labels, dtype=object)
+    if len(labels) < 2:
+        return np.zeros(len(labels), bool)
+    _, index = np.unique(labels, return_inverse=True)
+    i, j, _ = _near_pairs(np.asarray(xy, dtype=np.float64), radius)
+    counted = (labels[i] != ignore) & (labels[j] != ignore) & (index[i] != index[j])
+    edge = np.zeros(len(labels), bool)
+    edge[i[counted]] = True
+    return edge

@@ -6,6 +6,8 @@ import logging
 
 import numpy as np
 
+from histex._tables import layout
+from histex.pl._cells import cell_layer, draw_cells, outline_cells
 from histex.pl._genes import raster
 from histex.pl._underlay import check_alpha, draw_underlay, underlay
 
@@ -26,7 +28,8 @@ def domains(
     figsize: tuple[float, float] = (6.0, 5.0),
     save: str | None = None,
 ):
-    """Map the domains of :func:`histex.tl.annotate` over the H&E image, one colour per domain (or label).
+    """Map the domains of :func:`histex.tl.annotate` over the H&E image, one colour per domain (or label); on a
+    cell table (:func:`histex.tl.to_cells`), its cells as their outlines (polygons, or the label image), coloured.
 
     The bins are rasterised on their grid (``obs["array_row"]``, ``obs["array_col"]``) and drawn semi-transparent
     over the part of the H&E they cover, so a million bins over a whole-slide image draw in seconds: the image is
@@ -43,7 +46,7 @@ def domains(
     sdata
         SpatialData after :func:`histex.tl.annotate`.
     table_key
-        The bin table.
+        The table of bins, or of cells (drawn in the H&E's pixels, over the part of the H&E they span).
     key
         The ``key_added`` of :func:`histex.tl.annotate`.
     labels
@@ -67,9 +70,11 @@ def domains(
 
     Returns
     -------
-    The :class:`matplotlib.figure.Figure`. Its first axes holds the domains (then the boundary bins) as images in
-    bin coordinates (bin ``(row, col)`` centred on ``(col, row)``); the H&E lies in ``fig.axes[0].child_axes[0]``,
-    which shares its limits and is drawn beneath it.
+    The :class:`matplotlib.figure.Figure`. For bins, its first axes holds the domains (then the boundary bins) as
+    images in bin coordinates (bin ``(row, col)`` centred on ``(col, row)``); the H&E lies in
+    ``fig.axes[0].child_axes[0]``, which shares its limits and is drawn beneath it. For cells, the first axes is in
+    the H&E's full-resolution pixels: the H&E its first image, the cells a collection (a second image for a label
+    image), the boundary cells outlined in black.
     """
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
@@ -80,31 +85,39 @@ def domains(
     if column not in table.obs:
         raise ValueError(f"Table {table_key!r} has no obs[{column!r}]; run histex.tl.annotate(key_added={key!r}).")
     check_alpha(alpha)
+    on_cells = layout(table) == "cells"
     # Read the image before drawing anything, so that a wrong image_key fails fast.
-    beneath = underlay(sdata, table, table_key, image_key) if image else None
+    if on_cells:
+        cells = cell_layer(sdata, table, table_key, image_key, image=image)
+        opacity = alpha if cells.underlay is not None else 1.0
+    else:
+        beneath = underlay(sdata, table, table_key, image_key) if image else None
+        opacity = alpha if beneath is not None else 1.0
     values = table.obs[column].astype("category")
     names = list(values.cat.categories)
     palette = plt.get_cmap(cmap)
     colours = palette(np.arange(len(names)) % palette.N)
     if "unknown" in names:
         colours[names.index("unknown")] = (0.75, 0.75, 0.75, 1.0)
-    grid = raster(table, values.cat.codes.to_numpy().astype(np.float32))
+    codes = values.cat.codes.to_numpy().astype(np.float32)
+    codes[codes < 0] = np.nan
+    edge_column = f"{key}_boundary"
+    edge = table.obs[edge_column].to_numpy().astype(bool) if boundary and edge_column in table.obs else None
     fig, ax = plt.subplots(figsize=figsize)
     ax.set_facecolor("white")
-    ax.imshow(
-        grid,
-        cmap=ListedColormap(colours),
-        vmin=-0.5,
-        vmax=len(names) - 0.5,
-        interpolation="nearest",
-        alpha=alpha if beneath is not None else 1.0,
-    )
-    edge_column = f"{key}_boundary"
-    if boundary and edge_column in table.obs:
-        edge = raster(table, table.obs[edge_column].to_numpy().astype(np.float32), grid.shape)
-        ax.imshow(np.where(edge > 0, 1.0, np.nan), cmap=ListedColormap(["black"]), interpolation="nearest")
-    if beneath is not None:
-        draw_underlay(ax, *beneath)
+    style = {"cmap": ListedColormap(colours), "vmin": -0.5, "vmax": len(names) - 0.5}
+    if on_cells:
+        draw_cells(ax, cells, codes, alpha=opacity, **style)
+        if edge is not None:
+            outline_cells(ax, cells, edge)
+    else:
+        grid = raster(table, codes)
+        ax.imshow(grid, interpolation="nearest", alpha=opacity, **style)
+        if edge is not None:
+            edge = raster(table, edge.astype(np.float32), grid.shape)
+            ax.imshow(np.where(edge > 0, 1.0, np.nan), cmap=ListedColormap(["black"]), interpolation="nearest")
+        if beneath is not None:
+            draw_underlay(ax, *beneath)
     handles = [Patch(color=colours[i], label=name) for i, name in enumerate(names)]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     ax.set_title(f"{table_key}: {column}", fontsize=10)

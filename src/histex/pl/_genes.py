@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
 
+from histex._tables import layout
+from histex.pl._cells import cell_layer, draw_cells
 from histex.pl._underlay import check_alpha, draw_underlay, underlay
 
 logger = logging.getLogger("histex")
@@ -51,23 +54,28 @@ def genes(
     panel_size: float = 3.2,
     save: str | None = None,
 ):
-    """Plot genes as measured by the spots, as super-resolved on bins, and as ground truth when given, over the H&E.
+    """Plot genes as measured by the spots, as super-resolved on bins (or cells), and as ground truth when given, over
+    the H&E.
 
     One row per gene, one colour scale per row (counts per 8 µm bin; spots are shown as counts per bin too, their
     counts divided by the number of bins in a spot), so that the panels compare directly. The H&E is read once, at
-    about one pixel per bin (see :func:`histex.pl.domains`), and drawn beneath every panel.
+    about one pixel per bin (see :func:`histex.pl.domains`), and drawn beneath every panel. For a cell table
+    (:func:`histex.tl.to_cells`) the cells are drawn as their outlines, in counts per cell (spots: their counts per
+    area times the median cell's area).
 
     Parameters
     ----------
     sdata
-        SpatialData after :func:`histex.tl.super_resolve`.
+        SpatialData after :func:`histex.tl.super_resolve` (and :func:`histex.tl.to_cells`).
     genes
         Gene name(s).
     table_key
-        The table written by :func:`histex.tl.super_resolve`.
+        The table written by :func:`histex.tl.super_resolve`, or the cell table of :func:`histex.tl.to_cells`.
     truth_key
         A table of ground-truth bins on the same grid (``obs["array_row"]``, ``obs["array_col"]``), e.g.
-        ``"truth"`` of :func:`histex.datasets.toy`.
+        ``"truth"`` of :func:`histex.datasets.toy`; for cells, a table of the same cells (same region and
+        instance ids; cells grown by ``to_cells`` as the nuclei they grew from), e.g. ``"truth_cells"`` of
+        :func:`histex.sim.from_nuclei`.
     spots
         Show the measured spots (not for a table predicted without spots, from an H&E-only slide).
     image
@@ -96,6 +104,13 @@ def genes(
     table = sdata.tables[table_key]
     genes = _genes_in(table, genes, table_key)
     check_alpha(alpha)
+    if layout(table) == "cells":
+        style = {"alpha": alpha, "cmap": cmap, "panel_size": panel_size}
+        fig = _genes_on_cells(sdata, table, genes, table_key, truth_key, spots=spots, image_key=image_key,
+                              image=image, **style)  # fmt: skip
+        if save is not None:
+            fig.savefig(save, dpi=120, bbox_inches="tight")
+        return fig
     beneath = underlay(sdata, table, table_key, image_key) if image else None
     opacity = alpha if beneath is not None else 1.0
     meta = table.uns["histex"]["data"]
@@ -148,6 +163,90 @@ def genes(
     if save is not None:
         fig.savefig(save, dpi=120, bbox_inches="tight")
     return fig
+
+
+def _genes_on_cells(sdata, table, genes, table_key, truth_key, *, spots, image_key, image, alpha, cmap, panel_size):
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Circle
+
+    cells = cell_layer(sdata, table, table_key, image_key, image=image)
+    opacity = alpha if cells.underlay is not None else 1.0
+    truth = _same_cells(sdata, table, truth_key) if truth_key is not None else None
+    measured = _spots_under_cells(sdata, table, table_key, cells.image_key) if spots else None
+    titles = (["ground truth"] if truth is not None else []) + (["spots"] if measured is not None else []) + ["cells"]
+    fig, axes = plt.subplots(
+        len(genes), len(titles), figsize=(panel_size * len(titles), panel_size * len(genes)), squeeze=False
+    )
+    for i, gene in enumerate(genes):
+        panels = {"cells": _column(table, gene)}
+        if truth is not None:
+            panels["ground truth"] = _column(truth, gene)
+        if measured is not None:
+            spot_table, layer, xy, radius, per_cell = measured
+            panels["spots"] = _column(spot_table, gene, layer) * per_cell
+        vmax = float(np.nanpercentile(np.concatenate([v[np.isfinite(v)] for v in panels.values()]), 99.5)) or 1.0
+        for ax, title in zip(axes[i], titles, strict=True):
+            if title == "spots":
+                mappable = draw_cells(ax, cells, np.full(table.n_obs, np.nan), cmap=cmap, vmin=0, vmax=vmax)
+                circles = PatchCollection([Circle(c, radius) for c in xy], cmap=cmap, linewidths=0, alpha=opacity)
+                circles.set_array(panels["spots"])
+                circles.set_clim(0, vmax)
+                circles.set_zorder(1)
+                ax.add_collection(circles)
+            else:
+                mappable = draw_cells(ax, cells, panels[title], cmap=cmap, vmin=0, vmax=vmax, alpha=opacity)
+            ax.set_title(f"{gene}: {title}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.colorbar(mappable, ax=list(axes[i]), shrink=0.8, label="counts per cell")
+    return fig
+
+
+def _same_cells(sdata, table, truth_key: str):
+    """The rows of ``tables[truth_key]`` for the cells of ``table``, in its order: same region and instance id, where
+    cells that :func:`histex.tl.to_cells` grew count as the cells they grew from."""
+    from spatialdata.models import get_table_keys
+
+    truth = sdata.tables[truth_key]
+    _, region_key, instance_key = get_table_keys(table)
+    _, truth_region_key, truth_instance_key = get_table_keys(truth)
+    params = table.uns.get("histex", {}).get("params", {}) if isinstance(table.uns.get("histex"), dict) else {}
+    regions = table.obs[region_key].astype(str)
+    if params.get("expand_um", 0) > 0:
+        regions = pd.Series(str(params["cells_key"]), index=table.obs_names)
+    ours = regions + "/" + table.obs[instance_key].astype(str)
+    theirs = truth.obs[truth_region_key].astype(str) + "/" + truth.obs[truth_instance_key].astype(str)
+    position = pd.Index(theirs.to_numpy()).get_indexer(ours.to_numpy())
+    if (position < 0).any():
+        raise ValueError(
+            f"Table {truth_key!r} does not hold {int((position < 0).sum())} of the cells of the table drawn; the truth "
+            "must annotate the same cells (e.g. to_cells on the cells that the truth annotates)."
+        )
+    return truth[position]
+
+
+def _spots_under_cells(sdata, table, table_key: str, drawn_on: str | None):
+    """The spots the cells' bins were fitted on, the layer fitted, their centres and radius in the pixels of the H&E
+    the cells are drawn on, and the factor that turns their counts into counts per median cell; None (and the
+    reason logged) where there are none or they cannot be placed."""
+    from histex import _sdata
+
+    meta = table.uns.get("histex", {})
+    bins_key = meta.get("params", {}).get("table_key") if isinstance(meta, dict) else None
+    bins = sdata.tables.get(bins_key) if bins_key is not None else None
+    data = bins.uns.get("histex", {}).get("data", {}) if bins is not None else {}
+    if str(data.get("spots_key", "None")) == "None" or "area_um2" not in table.obs or drawn_on != data["image_key"]:
+        logger.info(
+            "No spots beside the cells of %r: none were measured, the table is not of to_cells, or the cells are not "
+            "drawn on the H&E the spots were placed on.",
+            table_key,
+        )
+        return None
+    spots = _sdata.read_spots(sdata, data["spots_key"], data["table_key"], data["image_key"], data["coordinate_system"])
+    spot_um2 = np.pi * (spots.radius_px * float(data["mpp"])) ** 2
+    per_cell = float(np.median(table.obs["area_um2"].to_numpy(float))) / spot_um2
+    return spots.table, _sdata.fitted_layer(bins), spots.xy_px, spots.radius_px, per_cell
 
 
 def uncertainty(

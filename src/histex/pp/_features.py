@@ -338,6 +338,12 @@ def read_features(
         )
     data = np.asarray(element.data, dtype=np.float32)
     tissue = np.asarray(sdata.labels[mask_key].data) > 0
+    if not tissue.any():
+        raise ValueError(
+            f"The tissue mask {mask_key!r} holds no tissue: every bin of the H&E looks like glass (bright and "
+            "unstained). Check that the image is the stained section, or mark the tissue in that labels element "
+            "(1 = tissue)."
+        )
     return features_key_, BinFeatures(
         data=data, names=[str(c) for c in element.coords["c"].values], tissue=tissue, bin_px=on_image[features_key_]
     )

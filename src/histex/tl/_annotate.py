@@ -1,4 +1,5 @@
-"""``annotate``: tissue domains on super-resolved bins, named by marker genes, with their boundaries."""
+"""``annotate``: tissue domains on super-resolved bins, or cell types on cells, named by marker genes, with their
+boundaries."""
 
 from __future__ import annotations
 
@@ -9,31 +10,14 @@ import pandas as pd
 import scipy.sparse as sp
 
 from histex import domains as dm
+from histex._tables import bin_table, cell_centroids, observation_table
+
+__all__ = ["annotate", "bin_table", "expression_pcs", "log_normalised"]
 
 logger = logging.getLogger("histex")
 
 USES = ("embedding", "expression")
 METHODS = ("kmeans", "leiden")
-
-
-def bin_table(sdata, table_key: str):
-    """The table ``table_key`` of ``sdata``, checked to be a table of bins on a grid (``array_row``, ``array_col``)."""
-    if table_key not in sdata.tables:
-        raise KeyError(f"No table {table_key!r}; tables: {', '.join(map(repr, sdata.tables)) or 'none'}.")
-    table = sdata.tables[table_key]
-    missing = [c for c in ("array_row", "array_col") if c not in table.obs]
-    if missing:
-        raise ValueError(
-            f"Table {table_key!r} is not a table of bins: obs has no {', '.join(missing)}. Use the table that "
-            "histex.tl.super_resolve writes, or a Visium HD bin table (spatialdata_io.visium_hd)."
-        )
-    rows, cols = table.obs["array_row"].to_numpy(), table.obs["array_col"].to_numpy()
-    if table.n_obs > 1 and ((rows + cols) % 2 == 0).all():
-        raise ValueError(
-            f"Table {table_key!r} is not a table of bins: its array_row/array_col lie on a hexagonal lattice "
-            "(array_col steps by 2), as Visium spots do. Use the table of bins that histex.tl.super_resolve writes."
-        )
-    return table
 
 
 def log_normalised(
@@ -113,10 +97,10 @@ def annotate(
     table_key: str = "histex",
     *,
     n_domains: int = 8,
-    use: str = "embedding",
+    use: str | None = None,
     method: str = "kmeans",
     resolution: float = 1.0,
-    smooth: float = 1.0,
+    smooth: float | None = None,
     markers: dict[str, list[str]] | None = None,
     min_score: float = 0.25,
     boundary: bool = False,
@@ -126,38 +110,45 @@ def annotate(
     seed: int = 0,
     key_added: str = "domain",
 ) -> None:
-    """Tissue domains on 8 µm bins, optionally named by marker genes, with the bins on their boundaries.
+    """Tissue domains on 8 µm bins, or cell types on cells, optionally named by marker genes, with their boundaries.
 
-    Every bin is described by the fused embedding of :func:`histex.tl.super_resolve` or by its expression (principal
-    components of log-normalised, scaled counts), averaged with its neighbours on the bin grid (``smooth``), and
-    clustered. With ``markers``, each domain takes the label whose marker genes score highest over its bins (the
-    mean z-score of the genes' log-normalised expression across bins), or ``"unknown"`` when that score is below
-    ``min_score``.
+    Every bin or cell is described by the fused embedding of :func:`histex.tl.super_resolve` or by its expression
+    (principal components of log-normalised, scaled counts), averaged with its neighbours (``smooth``), and
+    clustered. With ``markers``, each domain takes the label whose marker genes score highest over its bins or cells
+    (the mean z-score of the genes' log-normalised expression), or ``"unknown"`` when that score is below
+    ``min_score``. On the cell table of :func:`histex.tl.to_cells`, with no smoothing (the default there), the
+    domains are cell clusters and the labels cell types: ``annotate(sdata, "histex_cells", markers=...,
+    key_added="cell_type")``.
 
     Parameters
     ----------
     sdata
         A SpatialData with a table of bins (``obs["array_row"]``, ``obs["array_col"]``): the one
-        :func:`histex.tl.super_resolve` writes, or any Visium HD-like bin table.
+        :func:`histex.tl.super_resolve` writes, or any Visium HD-like bin table; or a table of cells with their
+        centroids in ``obsm["spatial"]`` (:func:`histex.tl.to_cells`, sopa, a Xenium reader).
     table_key
-        The bin table.
+        The table of bins or cells.
     n_domains
         Number of domains (``method="kmeans"``).
     use
-        ``"embedding"`` (``obsm["X_histex"]``) or ``"expression"``.
+        ``"embedding"`` (``obsm["X_histex"]``) or ``"expression"``. ``None``: the embedding where the table has
+        one (the bins of :func:`histex.tl.super_resolve`), else the expression (cells, Visium HD bins).
     method
         ``"kmeans"`` or ``"leiden"`` (scanpy's, on a nearest-neighbour graph of the bins; ``resolution`` sets the
         number of domains).
     resolution
         Leiden resolution.
     smooth
-        Standard deviation, in bins, of the Gaussian average over neighbouring bins before clustering; 0: none.
+        Standard deviation of the Gaussian average over neighbours before clustering, in bins on a bin table and in
+        cell spacings (the median distance from a cell to the nearest other) on a cell table; 0: none. ``None``: 1
+        on bins (domains), 0 on cells (cell types).
     markers
         Label -> marker genes, e.g. ``{"tumour": ["EPCAM", "KRT8"], "immune": ["PTPRC", "CD3E"]}``.
     min_score
         Domains whose best marker score is below this (in standard deviations of the bins) are ``"unknown"``.
     boundary
-        Mark the bins that touch a bin of another label (of another domain without ``markers``), e.g. a tumour edge.
+        Mark the bins that touch a bin of another label (of another domain without ``markers``), e.g. a tumour edge;
+        on cells, those with a cell of another label within 1.5 cell spacings.
     layer
         Layer with the counts for ``use="expression"`` and the marker scores; default ``X``.
     n_pcs
@@ -174,10 +165,14 @@ def annotate(
     -------
     None. The table gains ``obs[key_added]`` (domain ``"0"``, ``"1"``, ... by decreasing size) and, with
     ``markers``, ``obs[f"{key_added}_label"]``, ``obs[f"{key_added}_confidence"]`` (the domain's best marker score)
-    and ``obsm[f"{key_added}_scores"]`` (bins x labels marker scores); with ``boundary``,
+    and ``obsm[f"{key_added}_scores"]`` (observations x labels marker scores); with ``boundary``,
     ``obs[f"{key_added}_boundary"]``; ``uns[key_added]`` the settings. If the call fails, nothing is written.
     """
-    table = bin_table(sdata, table_key)
+    table, kind = observation_table(sdata, table_key)
+    if use is None:
+        use = "embedding" if "X_histex" in table.obsm else "expression"
+    if smooth is None:
+        smooth = 1.0 if kind == "bins" else 0.0
     if use not in USES:
         raise ValueError(f"use must be one of {USES}, got {use!r}.")
     if use == "embedding" and "X_histex" not in table.obsm:
@@ -185,11 +180,9 @@ def annotate(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     if method == "kmeans" and not 1 <= n_domains <= table.n_obs:
-        raise ValueError(f"n_domains must be between 1 and the {table.n_obs} bins, got {n_domains}.")
+        raise ValueError(f"n_domains must be between 1 and the {table.n_obs} {kind}, got {n_domains}.")
     marker_idx = _marker_columns(table, markers) if markers else None
 
-    rows = table.obs["array_row"].to_numpy().astype(np.int64)
-    cols = table.obs["array_col"].to_numpy().astype(np.int64)
     # Log-normalise once: the expression representation needs every gene, the marker scores only the markers.
     log_expression = log_normalised(table, layer, keep_sparse=True) if use == "expression" else None
     if marker_idx is not None:
@@ -201,7 +194,8 @@ def annotate(
         )
         marker_log = marker_log.toarray() if sp.issparse(marker_log) else marker_log
         scores = dm.marker_scores(marker_log, {k: np.searchsorted(marker_cols, v) for k, v in marker_idx.items()})
-    values = dm.smooth_on_grid(_representation(table, use, log_expression, n_pcs, n_top_genes), rows, cols, smooth)
+    neighbours = _Neighbours(table, kind)
+    values = neighbours.smooth(_representation(table, use, log_expression, n_pcs, n_top_genes), smooth)
     if method == "kmeans":
         domains = dm.kmeans_domains(values, n_domains, seed=seed)
     else:
@@ -215,15 +209,16 @@ def annotate(
         "method": method,
         "resolution": resolution if method == "leiden" else None,
         "smooth": smooth,
+        "observations": kind,
         "seed": seed,
         "layer": layer or "X",
         "n_top_genes": n_top_genes if use == "expression" else None,
     }
-    bin_labels = domains.astype(str)
+    labels = domains.astype(str)
     if marker_idx is not None:
         names, confidence = dm.label_domains(domains, scores, list(marker_idx), min_score=min_score)
-        bin_labels = names[domains].astype(str)
-        obs[f"{key_added}_label"] = pd.Categorical(bin_labels, categories=[*markers, "unknown"])
+        labels = names[domains].astype(str)
+        obs[f"{key_added}_label"] = pd.Categorical(labels, categories=[*markers, "unknown"])
         obs[f"{key_added}_confidence"] = confidence[domains].astype(np.float32)
         obsm[f"{key_added}_scores"] = pd.DataFrame(scores, index=table.obs_names, columns=list(markers))
         settings.update(
@@ -233,7 +228,7 @@ def annotate(
             domain_confidence=dict(zip(map(str, range(n_found)), map(float, confidence), strict=True)),
         )
     if boundary:
-        obs[f"{key_added}_boundary"] = dm.boundary_bins(bin_labels, rows, cols)
+        obs[f"{key_added}_boundary"] = neighbours.boundary(labels)
 
     # Everything is computed; now write.
     for name, column in obs.items():
@@ -249,6 +244,29 @@ def annotate(
         method,
         f"; labels {settings['domain_labels']}" if marker_idx is not None else "",
     )
+
+
+class _Neighbours:
+    """Who neighbours whom: bins on their grid, or cells within a few typical cell spacings."""
+
+    def __init__(self, table, kind: str):
+        self.kind = kind
+        if kind == "bins":
+            self.rows = table.obs["array_row"].to_numpy().astype(np.int64)
+            self.cols = table.obs["array_col"].to_numpy().astype(np.int64)
+        else:
+            self.xy = cell_centroids(table)
+            self.spacing = dm.typical_spacing(self.xy)
+
+    def smooth(self, values: np.ndarray, sigma: float) -> np.ndarray:
+        if self.kind == "bins":
+            return dm.smooth_on_grid(values, self.rows, self.cols, sigma)
+        return dm.smooth_on_points(values, self.xy, sigma * self.spacing)
+
+    def boundary(self, labels: np.ndarray) -> np.ndarray:
+        if self.kind == "bins":
+            return dm.boundary_bins(labels, self.rows, self.cols)
+        return dm.boundary_points(labels, self.xy, 1.5 * self.spacing)
 
 
 def _marker_columns(table, markers: dict[str, list[str]]) -> dict[str, np.ndarray]:

@@ -81,6 +81,7 @@ def to_cells(
     grown_key = f"{key_added}_{'boundaries' if kind == 'shapes' else 'labels'}"  # the grown cells, of the cells' kind
     outputs = [("tables", key_added)] + ([(kind, grown_key)] if expand_um > 0 else [])
     _check_outputs(sdata, outputs, inputs={cells_key, table_key, data["image_key"], data.get("features_key")})
+    stale = [out for out in _grown_by(sdata, key_added) if out not in outputs]  # cells an earlier call grew
     element = getattr(sdata, kind)[cells_key]
     image_key, cs, mpp = data["image_key"], data["coordinate_system"], float(data["mpp"])
     placed = element_transformations(element)
@@ -154,7 +155,7 @@ def to_cells(
     to_store = is_backed(sdata) if to_store is None else to_store
     if to_store and not is_backed(sdata):
         raise ValueError("to_store=True needs a SpatialData backed by a zarr store (written or read from disk).")
-    for out_kind, name in outputs:
+    for out_kind, name in outputs + stale:
         if name in getattr(sdata, out_kind):
             logger.info("Overwriting %r.", name)
         drop_element(sdata, out_kind, name, from_store=to_store)
@@ -253,6 +254,18 @@ def _check_outputs(sdata, outputs: list[tuple[str, str]], inputs: set) -> None:
                 f"key_added would write {kind} {name!r}, which names an element of the input (or one that to_cells "
                 "did not write); choose another key_added."
             )
+
+
+def _grown_by(sdata, key_added: str) -> list[tuple[str, str]]:
+    """The grown cells that an earlier ``to_cells`` wrote beside ``tables[key_added]``, which a new call with the
+    same ``key_added`` replaces."""
+    table = sdata.tables.get(key_added)
+    meta = table.uns.get("histex", {}) if table is not None else {}
+    if not isinstance(meta, dict) or "cells_key" not in meta.get("params", {}):
+        return []
+    region, kind = meta.get("data", {}).get("region"), meta.get("data", {}).get("kind")
+    grown = f"{key_added}_{'boundaries' if kind == 'shapes' else 'labels'}"
+    return [(kind, grown)] if region == grown and grown in getattr(sdata, kind, {}) else []
 
 
 def _polygons(gdf, cells_key: str) -> np.ndarray:

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from histex import gene_sets as gs
-from histex.tl._annotate import bin_table, log_normalised
+from histex._tables import observation_table
+from histex.tl._annotate import log_normalised
 
 logger = logging.getLogger("histex")
 
@@ -30,10 +31,10 @@ def enrich(
     bin_scores: bool = True,
     key_added: str = "enrichment",
 ) -> pd.DataFrame:
-    """Gene set enrichment per domain from the marker genes of the bins, and a score per bin and gene set.
+    """Gene set enrichment per domain (or cell type) from marker genes, and a score per bin (or cell) and gene set.
 
-    The bins are log-normalised (counts scaled to the median total, ``log1p``) and each group of ``groupby`` is
-    compared with the rest by :func:`scanpy.tl.rank_genes_groups`. Then, through decoupler, either its
+    The bins (or cells) are log-normalised (counts scaled to the median total, ``log1p``) and each group of
+    ``groupby`` is compared with the rest by :func:`scanpy.tl.rank_genes_groups`. Then, through decoupler, either its
     ``n_markers`` best significant up-regulated genes are tested for over-representation in each gene set
     (``method="ora"``, Fisher's exact test against the genes of the table), or its marker statistics are scored
     against each set (``"ulm"``, ``"mlm"``, ``"zscore"``). Every bin gets a univariate linear model score (ULM
@@ -43,16 +44,17 @@ def enrich(
     Parameters
     ----------
     sdata
-        A SpatialData with a table of bins (``obs["array_row"]``, ``obs["array_col"]``), e.g. after
-        :func:`histex.tl.annotate`.
+        A SpatialData with a table of bins (``obs["array_row"]``, ``obs["array_col"]``) or of cells
+        (``obsm["spatial"]``, e.g. :func:`histex.tl.to_cells`), after :func:`histex.tl.annotate`.
     table_key
-        The bin table.
+        The table of bins or cells.
     gene_sets
         A dict of set name -> genes, the path of a GMT file, or a decoupler network (a DataFrame with ``source``
         and ``target``). Nothing is downloaded; the built-in libraries of gseapy and decoupler need the internet
         and are refused with a message that says so.
     groupby
-        Categorical column of ``obs`` that defines the groups, e.g. ``"domain"`` or ``"domain_label"``.
+        Categorical column of ``obs`` that defines the groups, e.g. ``"domain"``, ``"domain_label"`` or, on cells,
+        ``"cell_type_label"``.
     method
         ``"ora"``, ``"ulm"``, ``"mlm"`` or ``"zscore"`` (decoupler's methods).
     n_markers
@@ -65,7 +67,7 @@ def enrich(
     layer
         Layer with the counts; default ``X``.
     bin_scores
-        Write the per-bin scores.
+        Write the scores of every bin (or cell).
     key_added
         Key of what is written.
 
@@ -76,9 +78,9 @@ def enrich(
     the table), ``rank`` (1: the group's best set), ``genes`` (leading genes of the set in the group). Also written
     to the table: ``uns[key_added]`` these results, ``uns[f"{key_added}_markers"]`` the marker genes of every group
     (``group``, ``gene``, ``score``, ``logfoldchange``, ``padj``), ``uns[f"{key_added}_params"]`` the settings and,
-    with ``bin_scores``, ``obsm[f"{key_added}_scores"]`` bins x sets. If the call fails, nothing is written.
+    with ``bin_scores``, ``obsm[f"{key_added}_scores"]`` observations x sets. If the call fails, nothing is written.
     """
-    table = bin_table(sdata, table_key)
+    table, _ = observation_table(sdata, table_key)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     if rank_method not in RANK_METHODS:

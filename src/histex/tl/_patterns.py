@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from histex import _sdata
-from histex.tl._annotate import bin_table, log_normalised
+from histex._tables import bin_table
+from histex.tl._annotate import log_normalised
 
 logger = logging.getLogger("histex")
 

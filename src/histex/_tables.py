@@ -1,0 +1,67 @@
+"""Which kind of table a tool is given: bins on a grid, or cells at their centroids."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: What the tools that describe observations accept, by the table's layout.
+LAYOUTS = ("bins", "cells")
+
+
+def layout(table) -> str | None:
+    """``"bins"`` for a table with grid columns (``obs["array_row"]``, ``obs["array_col"]``; one of them is enough to
+    be meant as bins), ``"cells"`` for one with centroids (``obsm["spatial"]``) and no grid, as
+    :func:`histex.tl.to_cells`, sopa or a Xenium reader write them; ``None`` for anything else."""
+    if "array_row" in table.obs or "array_col" in table.obs:
+        return "bins"
+    if "spatial" in table.obsm:
+        return "cells"
+    return None
+
+
+def bin_table(sdata, table_key: str):
+    """The table ``table_key`` of ``sdata``, checked to be a table of bins on a grid (``array_row``, ``array_col``)."""
+    table = _get(sdata, table_key)
+    missing = [c for c in ("array_row", "array_col") if c not in table.obs]
+    if missing:
+        raise ValueError(
+            f"Table {table_key!r} is not a table of bins: obs has no {', '.join(missing)}. Use the table that "
+            "histex.tl.super_resolve writes, or a Visium HD bin table (spatialdata_io.visium_hd)."
+        )
+    _check_not_spots(table, table_key)
+    return table
+
+
+def observation_table(sdata, table_key: str):
+    """The table ``table_key`` and its :func:`layout`: bins on a grid or cells with centroids; anything else (e.g.
+    the Visium spots) is refused with what to pass instead."""
+    table = _get(sdata, table_key)
+    kind = layout(table)
+    if kind is None:
+        raise ValueError(
+            f"Table {table_key!r} is neither bins (obs['array_row'], obs['array_col']) nor cells (obsm['spatial']). "
+            "Use the table of histex.tl.super_resolve, of histex.tl.to_cells, or a Visium HD bin table."
+        )
+    if kind == "bins":
+        bin_table(sdata, table_key)
+    return table, kind
+
+
+def cell_centroids(table) -> np.ndarray:
+    """``(n_cells, 2)`` float64 centroids of a cell table."""
+    return np.asarray(table.obsm["spatial"], dtype=np.float64)[:, :2]
+
+
+def _get(sdata, table_key: str):
+    if table_key not in sdata.tables:
+        raise KeyError(f"No table {table_key!r}; tables: {', '.join(map(repr, sdata.tables)) or 'none'}.")
+    return sdata.tables[table_key]
+
+
+def _check_not_spots(table, table_key: str) -> None:
+    rows, cols = table.obs["array_row"].to_numpy(), table.obs["array_col"].to_numpy()
+    if table.n_obs > 1 and ((rows + cols) % 2 == 0).all():
+        raise ValueError(
+            f"Table {table_key!r} is not a table of bins: its array_row/array_col lie on a hexagonal lattice "
+            "(array_col steps by 2), as Visium spots do. Use the table of bins that histex.tl.super_resolve writes."
+        )
