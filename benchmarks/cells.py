@@ -14,11 +14,13 @@
   then ``to_cells`` on the true nuclei), ``histex_own_segmentation`` (``to_cells`` on the nuclei of
   ``segment_nuclei``, each true nucleus compared with the found one that overlaps it best at IoU >= 0.5),
   ``image_only`` (the image-only variant, true nuclei) and ``nearest_spot`` (each cell the mean counts per area of
-  its nearest spot, times its area).
+  its nearest spot, times its area). Beside them, like for like on the own segmentation's cells:
+  ``image_only_own_segmentation`` and ``nearest_spot_own_segmentation``.
 
 Writes ``DIR/cells.json``: ``{"to_cells": {"cells": .., "seconds": .., "peak_rss_mb": ..}, "segmentation": {"f1":
 .., "median_iou": .., "mm2_per_min": ..}, "accuracy": {section: {"histex": .., "histex_own_segmentation": ..,
-"image_only": .., "nearest_spot": ..}}}``.
+"image_only": .., "nearest_spot": .., "image_only_own_segmentation": .., "nearest_spot_own_segmentation":
+..}}}``.
 """
 
 from __future__ import annotations
@@ -151,8 +153,8 @@ def mean_gene_pearson(pred: np.ndarray, truth: np.ndarray) -> float:
     return round(float(((pc * tc).sum(0)[ok] / denom[ok]).mean()), 4)
 
 
-def nearest_spot(sdata, cells_table) -> np.ndarray:
-    """Each cell: the counts per area of its nearest spot, times the cell's area."""
+def nearest_spot(sdata, cells_table, cells_key: str = "truth_cells_boundaries") -> np.ndarray:
+    """Each cell: the counts per area of its nearest spot, times the cell's area (cells in the table's order)."""
     from scipy.spatial import cKDTree
 
     spots = sdata.tables["table"]
@@ -161,7 +163,7 @@ def nearest_spot(sdata, cells_table) -> np.ndarray:
     area_px = np.pi * circles["radius"].to_numpy(float) ** 2
     per_area = np.asarray(spots.X.toarray() if hasattr(spots.X, "toarray") else spots.X) / area_px[:, None]
     _, nearest = cKDTree(xy).query(cells_table.obsm["spatial"])
-    cell_area_px = sdata.shapes["truth_cells_boundaries"].geometry.area.to_numpy()  # the truth's cells, in order
+    cell_area_px = sdata.shapes[cells_key].geometry.area.loc[cells_table.obs["cell_id"].to_numpy()].to_numpy()
     return per_area[nearest] * cell_area_px[:, None]
 
 
@@ -184,14 +186,18 @@ def bench_accuracy(args, name: str) -> dict:
             key = hx.tl.to_cells(sdata, cells_key="truth_cells_boundaries", table_key=variant)
             out[variant] = mean_gene_pearson(sdata.tables[key][:, genes].X, x_true)
         hx.pp.segment_nuclei(sdata, key_added="own_nuclei", show_progress=False)
-        key = hx.tl.to_cells(sdata, cells_key="own_nuclei", table_key="histex", key_added="own_cells")
         found = np.asarray(sdata.shapes["own_nuclei"].geometry.values, dtype=object)
         match, best = match_nuclei(
             found, np.asarray(sdata.shapes["truth_cells_boundaries"].geometry.values, dtype=object)
         )
         matched = best >= 0.5
-        own = sdata.tables[key][:, genes].X[match[matched]]
-        out["histex_own_segmentation"] = mean_gene_pearson(own, x_true[matched])
+        # every method on the own segmentation's cells, against the true nuclei they match
+        for variant in ("histex", "image_only"):
+            key = hx.tl.to_cells(sdata, cells_key="own_nuclei", table_key=variant, key_added=f"{variant}_own_cells")
+            own = sdata.tables[key][:, genes].X[match[matched]]
+            out[f"{variant}_own_segmentation"] = mean_gene_pearson(own, x_true[matched])
+        spot_own = nearest_spot(sdata, sdata.tables["histex_own_cells"], "own_nuclei")
+        out["nearest_spot_own_segmentation"] = mean_gene_pearson(spot_own[match[matched]], x_true[matched])
     spot = nearest_spot(sdata, truth)
     out["nearest_spot"] = mean_gene_pearson(spot, x_true)
     # the same comparison on the true nuclei that the own segmentation found (printed, not in cells.json)
@@ -199,7 +205,8 @@ def bench_accuracy(args, name: str) -> dict:
               "image_only": mean_gene_pearson(sdata.tables["image_only_cells"][:, genes].X[matched], x_true[matched]),
               "nearest_spot": mean_gene_pearson(spot[matched], x_true[matched])}  # fmt: skip
     print(f"{name}: {out}; on the {int(matched.sum())} of {len(matched)} true nuclei found: {subset}", flush=True)
-    return {k: out[k] for k in ("histex", "histex_own_segmentation", "image_only", "nearest_spot")}
+    keys = ("histex", "histex_own_segmentation", "image_only", "nearest_spot")
+    return {k: out[k] for k in keys} | {k: v for k, v in out.items() if k not in keys}
 
 
 def main(argv=None) -> dict:
