@@ -108,6 +108,15 @@ def test_polygons_are_placed_with_the_image_and_bad_input_is_refused():
     assert isinstance(get_transformation(sdata.shapes["nuclei"], "global"), Scale)
     with pytest.raises(ValueError, match="key_added"):
         hx.pp.segment_nuclei(sdata, mpp=0.5, key_added="he", show_progress=False)
+    import dask.dataframe as dd
+    import pandas as pd
+    from spatialdata.models import PointsModel
+
+    points = dd.from_pandas(pd.DataFrame({"x": [1.0], "y": [2.0]}), npartitions=1)
+    sdata.points["transcripts"] = PointsModel.parse(points)
+    with pytest.raises(ValueError, match="names another element"):
+        hx.pp.segment_nuclei(sdata, mpp=0.5, key_added="transcripts", show_progress=False)
+    assert "transcripts" not in sdata.shapes
     gray = sd.SpatialData(images={"g": Image2DModel.parse(np.zeros((1, 64, 64), np.uint8), dims=("c", "y", "x"))})
     with pytest.raises(ValueError, match="3 \\(RGB\\)"):
         hx.pp.segment_nuclei(gray, mpp=0.5, show_progress=False)

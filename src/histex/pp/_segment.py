@@ -87,7 +87,8 @@ def segment_nuclei(
         image_key, mpp = _sdata.find_image_key(sdata, image_key), _sdata.check_mpp(mpp)
     if block_px < 64:
         raise ValueError(f"block_px must be at least 64 pixels, got {block_px}.")
-    if key_added in sdata.images or key_added in sdata.labels or key_added in sdata.tables:
+    if any(key_added in getattr(sdata, kind) for kind in ("images", "labels", "points", "tables")):
+        # spatialdata keeps one namespace for all its elements
         raise ValueError(f"key_added={key_added!r} names another element; choose another key_added.")
     if key_added in sdata.shapes and "area_um2" not in sdata.shapes[key_added].columns:
         raise ValueError(f"key_added={key_added!r} names shapes that segment_nuclei did not write; choose another.")
