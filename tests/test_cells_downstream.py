@@ -198,3 +198,12 @@ def test_genes_draw_truth_spots_and_cells(section):
     for ax in fig.axes[:2]:
         drawn = next(c for c in ax.collections if isinstance(c, PolyCollection))
         assert np.median([np.ptp(p.vertices, axis=0).max() for p in drawn.get_paths()]) > 18
+
+
+def test_uncertainty_draws_the_cells_and_their_spread(section):
+    cells = section.tables["histex_cells"]
+    fig = hx.pl.uncertainty(section, "G000", table_key="histex_cells")
+    prediction, spread = (next(c for c in ax.collections if isinstance(c, PolyCollection)) for ax in fig.axes[:2])
+    np.testing.assert_allclose(prediction.get_array(), np.asarray(cells[:, "G000"].X).ravel(), rtol=1e-6)
+    np.testing.assert_allclose(spread.get_array(), np.asarray(cells[:, "G000"].layers["std"]).ravel(), rtol=1e-6)
+    assert fig.axes[2].get_ylabel() == "counts per cell"

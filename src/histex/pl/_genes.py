@@ -261,7 +261,8 @@ def uncertainty(
     """Predicted expression beside its ensemble spread (``layers["std"]`` of :func:`histex.tl.super_resolve`).
 
     One row per gene: the prediction (counts per bin) and the standard deviation across ensemble states, on one
-    colour scale, so that where the states disagree is seen against how much is predicted.
+    colour scale, so that where the states disagree is seen against how much is predicted. For a cell table of
+    :func:`histex.tl.to_cells` (whose spread is the bins' summed as independent), the cells' outlines.
 
     Parameters
     ----------
@@ -270,7 +271,7 @@ def uncertainty(
     genes
         Gene name(s).
     table_key
-        Its table.
+        Its table, of bins or of cells.
     cmap
         Matplotlib colour map.
     panel_size
@@ -288,16 +289,20 @@ def uncertainty(
     if "std" not in table.layers:
         raise ValueError(f"Table {table_key!r} has no layers['std'] (the ensemble spread of super_resolve).")
     genes = _genes_in(table, genes, table_key)
+    cells = cell_layer(sdata, table, table_key, None, image=False) if layout(table) == "cells" else None
     fig, axes = plt.subplots(len(genes), 2, figsize=(panel_size * 2, panel_size * len(genes)), squeeze=False)
     for i, gene in enumerate(genes):
         panels = {"prediction": _column(table, gene), "ensemble std": _column(table, gene, "std")}
         vmax = float(np.percentile(panels["prediction"], 99.5)) or 1.0
         for ax, (title, values) in zip(axes[i], panels.items(), strict=True):
-            im = ax.imshow(raster(table, values), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+            if cells is not None:  # the cells' outlines, in their own coordinates
+                im = draw_cells(ax, cells, values, cmap=cmap, vmin=0, vmax=vmax)
+            else:
+                im = ax.imshow(raster(table, values), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
             ax.set_title(f"{gene}: {title}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-        fig.colorbar(im, ax=list(axes[i]), shrink=0.8, label="counts per bin")
+        fig.colorbar(im, ax=list(axes[i]), shrink=0.8, label=f"counts per {'cell' if cells is not None else 'bin'}")
     if save is not None:
         fig.savefig(save, dpi=120, bbox_inches="tight")
     return fig
