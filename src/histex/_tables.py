@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-#: What the tools that describe observations accept, by the table's layout.
-LAYOUTS = ("bins", "cells")
-
 
 def layout(table) -> str | None:
     """``"bins"`` for a table with grid columns (``obs["array_row"]``, ``obs["array_col"]``; one of them is enough to
@@ -45,6 +42,14 @@ def observation_table(sdata, table_key: str):
     if kind == "bins":
         bin_table(sdata, table_key)
     return table, kind
+
+
+def histex_record(table, part: str) -> dict:
+    """``uns["histex"][part]`` of a table that histex wrote (``"params"``, ``"data"``, ...), or an empty dict for
+    any other table."""
+    record = table.uns.get("histex")
+    value = record.get(part) if isinstance(record, dict) else None
+    return value if isinstance(value, dict) else {}
 
 
 def cell_centroids(table) -> np.ndarray:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from histex._tables import histex_record
+
 logger = logging.getLogger("histex")
 
 #: A label image is drawn at most this many pixels across (a stride through it), as the H&E is.
@@ -80,22 +82,15 @@ def _frame(sdata, table, element, name: str, image_key: str | None, *, image: bo
     """The image to draw under the cells and the affine from the cells' coordinates to its pixels; without one,
     ``(None, identity)``: the cells in their own coordinates."""
     from histex import _sdata
+    from histex.pl._underlay import image_to_draw
 
     identity = np.eye(3)
     if not image:
         return None, identity
-    meta = table.uns.get("histex", {}) if isinstance(table.uns.get("histex"), dict) else {}
-    data = meta.get("data", {}) if isinstance(meta.get("data"), dict) else {}
-    if image_key is not None:
-        key = _sdata.find_image_key(sdata, image_key)
-    elif str(data.get("image_key")) in sdata.images:
-        key = str(data["image_key"])
-    else:
-        try:
-            key = _sdata.find_image_key(sdata)
-        except ValueError as err:
-            logger.info("Cells of %r drawn without the H&E: %s", name, err)
-            return None, identity
+    data = histex_record(table, "data")
+    key = image_to_draw(sdata, data.get("image_key"), image_key, f"Cells of {name!r}")
+    if key is None:
+        return None, identity
     image_cs = _sdata.element_transformations(sdata.images[key])
     common = [cs for cs in _sdata.element_transformations(element) if cs in image_cs]
     if not common:
@@ -134,6 +129,7 @@ def _outlines(gdf, ids: np.ndarray, rows: np.ndarray, affine: np.ndarray):
 
 def _label_raster(element, ids: np.ndarray, rows: np.ndarray, affine: np.ndarray):
     from histex._sdata import full_resolution
+    from histex.geometry import apply_affine
 
     array = full_resolution(element)
     height, width = int(array.sizes["y"]), int(array.sizes["x"])
@@ -147,8 +143,7 @@ def _label_raster(element, ids: np.ndarray, rows: np.ndarray, affine: np.ndarray
     to_frame = affine @ np.diag([step, step, 1.0])
     ys, xs = np.nonzero(found)
     if len(ys):
-        corners = np.stack([np.r_[xs, xs + 1], np.r_[ys, ys + 1]], axis=1).astype(float)
-        xy = corners @ to_frame[:2, :2].T + to_frame[:2, 2]
+        xy = apply_affine(to_frame, np.stack([np.r_[xs, xs + 1], np.r_[ys, ys + 1]], axis=1).astype(float))
         box = (xy[:, 0].min(), xy[:, 0].max(), xy[:, 1].min(), xy[:, 1].max())
     else:
         box = (0.0, float(width), 0.0, float(height))

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from histex._tables import layout
+from histex._tables import histex_record, layout
 from histex.pl._cells import cell_layer, draw_cells
 from histex.pl._underlay import check_alpha, draw_underlay, underlay
 
@@ -211,7 +211,7 @@ def _same_cells(sdata, table, truth_key: str):
     truth = sdata.tables[truth_key]
     _, region_key, instance_key = get_table_keys(table)
     _, truth_region_key, truth_instance_key = get_table_keys(truth)
-    params = table.uns.get("histex", {}).get("params", {}) if isinstance(table.uns.get("histex"), dict) else {}
+    params = histex_record(table, "params")
     regions = table.obs[region_key].astype(str)
     if params.get("expand_um", 0) > 0:
         regions = pd.Series(str(params["cells_key"]), index=table.obs_names)
@@ -232,10 +232,9 @@ def _spots_under_cells(sdata, table, table_key: str, drawn_on: str | None):
     reason logged) where there are none or they cannot be placed."""
     from histex import _sdata
 
-    meta = table.uns.get("histex", {})
-    bins_key = meta.get("params", {}).get("table_key") if isinstance(meta, dict) else None
+    bins_key = histex_record(table, "params").get("table_key")
     bins = sdata.tables.get(bins_key) if bins_key is not None else None
-    data = bins.uns.get("histex", {}).get("data", {}) if bins is not None else {}
+    data = histex_record(bins, "data") if bins is not None else {}
     if str(data.get("spots_key", "None")) == "None" or "area_um2" not in table.obs or drawn_on != data["image_key"]:
         logger.info(
             "No spots beside the cells of %r: none were measured, the table is not of to_cells, or the cells are not "

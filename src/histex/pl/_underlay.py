@@ -7,6 +7,8 @@ import logging
 import numpy as np
 import pandas as pd
 
+from histex._tables import histex_record
+
 logger = logging.getLogger("histex")
 
 # Pixels across the drawn H&E at least (about a figure's width), so that a small section is not drawn blocky.
@@ -22,26 +24,33 @@ def check_alpha(alpha: float) -> None:
 
 def _histex_meta(table) -> dict:
     """Where :func:`histex.tl.super_resolve` laid its bins, or an empty dict for any other table."""
-    meta = table.uns.get("histex", {})
-    data = meta.get("data", {}) if isinstance(meta, dict) else {}
-    return data if isinstance(data, dict) and "bin_px" in data and "image_key" in data else {}
+    data = histex_record(table, "data")
+    return data if "bin_px" in data and "image_key" in data else {}
+
+
+def image_to_draw(sdata, recorded: str | None, image_key: str | None, what: str) -> str | None:
+    """The H&E to draw under ``what``: the one named (a KeyError that lists the images when it is missing), else
+    the one histex read (``recorded``) where it is in the SpatialData, else the only one; None, with the reason
+    logged, when there is none to choose."""
+    from histex import _sdata
+
+    if image_key is not None:
+        return _sdata.find_image_key(sdata, image_key)
+    if recorded is not None and str(recorded) in sdata.images:
+        return str(recorded)
+    try:
+        return _sdata.find_image_key(sdata)
+    except ValueError as err:
+        logger.info("%s drawn without the H&E: %s", what, err)
+        return None
 
 
 def _locate_image(sdata, table, table_key: str, image_key: str | None):
     """The H&E to draw and the 3 x 3 affine from bin grid ``(col, row)`` to its pixels ``(x, y)``, or None."""
-    from histex import _sdata
-
     meta = _histex_meta(table)
-    if image_key is not None:
-        key = _sdata.find_image_key(sdata, image_key)  # a KeyError that lists the images
-    elif meta and str(meta["image_key"]) in sdata.images:
-        key = str(meta["image_key"])
-    else:
-        try:
-            key = _sdata.find_image_key(sdata)
-        except ValueError as err:
-            logger.info("Bins of %r drawn without the H&E: %s", table_key, err)
-            return None
+    key = image_to_draw(sdata, meta.get("image_key"), image_key, f"Bins of {table_key!r}")
+    if key is None:
+        return None
     try:
         if meta and str(meta["image_key"]) == key:
             b = float(meta["bin_px"])

@@ -10,9 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from histex import domains as dm
-from histex._tables import bin_table, cell_centroids, observation_table
-
-__all__ = ["annotate", "bin_table", "expression_pcs", "log_normalised"]
+from histex._tables import cell_centroids, observation_table
 
 logger = logging.getLogger("histex")
 

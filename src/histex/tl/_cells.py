@@ -12,6 +12,7 @@ import pandas as pd
 from histex import cells as _cells
 from histex._backing import drop_element, is_backed, quiet_zarr_notices
 from histex._sdata import _choices, element_transformations, full_resolution, to_image_pixels
+from histex._tables import histex_record
 from histex.geometry import BinGrid
 from histex.pp._features import tissue_key
 
@@ -78,7 +79,7 @@ def to_cells(
         raise ValueError(f"expand_um must be a distance of zero or more µm, got {expand_um!r}.")
     cells_key, kind = _find_cells(sdata, cells_key)
     key_added = f"{table_key}_cells" if key_added is None else key_added
-    grown_key = f"{key_added}_{'boundaries' if kind == 'shapes' else 'labels'}"  # the grown cells, of the cells' kind
+    grown_key = _grown_key(key_added, kind)
     outputs = [("tables", key_added)] + ([(kind, grown_key)] if expand_um > 0 else [])
     _check_outputs(sdata, outputs, inputs={cells_key, table_key, data["image_key"], data.get("features_key")})
     stale = [out for out in _grown_by(sdata, key_added) if out not in outputs]  # cells an earlier call grew
@@ -177,7 +178,7 @@ def _bins_table(sdata, table_key: str):
             "first, or name the bins' table with table_key=."
         )
     bins = sdata.tables[table_key]
-    data = bins.uns.get("histex", {}).get("data", {}) if isinstance(bins.uns.get("histex"), dict) else {}
+    data = histex_record(bins, "data")
     missing = [k for k in ("bin_px", "grid_shape", "image_key", "coordinate_system", "mpp") if k not in data]
     if missing:
         raise ValueError(
@@ -208,7 +209,7 @@ def _bin_regions(sdata) -> set[str]:
             except (KeyError, ValueError, TypeError):
                 continue
             out.update([region] if isinstance(region, str) else list(region))
-        data = table.uns.get("histex", {}).get("data", {}) if isinstance(table.uns.get("histex"), dict) else {}
+        data = histex_record(table, "data")
         if data.get("features_key"):
             out.add(tissue_key(str(data["features_key"])))
     return out
@@ -242,8 +243,8 @@ def _is_polygons(gdf) -> bool:
 
 
 def _check_outputs(sdata, outputs: list[tuple[str, str]], inputs: set) -> None:
-    ours = {k for k, t in sdata.tables.items() if "cells_key" in t.uns.get("histex", {}).get("params", {})}
-    ours_regions = {sdata.tables[k].uns["histex"]["data"].get("region") for k in ours}
+    ours = {k for k, t in sdata.tables.items() if "cells_key" in histex_record(t, "params")}
+    ours_regions = {histex_record(sdata.tables[k], "data").get("region") for k in ours}
     for kind, name in outputs:
         taken = name in getattr(sdata, kind) and name not in (ours if kind == "tables" else ours_regions)
         # spatialdata keeps one namespace for all its elements
@@ -260,12 +261,17 @@ def _grown_by(sdata, key_added: str) -> list[tuple[str, str]]:
     """The grown cells that an earlier ``to_cells`` wrote beside ``tables[key_added]``, which a new call with the
     same ``key_added`` replaces."""
     table = sdata.tables.get(key_added)
-    meta = table.uns.get("histex", {}) if table is not None else {}
-    if not isinstance(meta, dict) or "cells_key" not in meta.get("params", {}):
+    if table is None or "cells_key" not in histex_record(table, "params"):
         return []
-    region, kind = meta.get("data", {}).get("region"), meta.get("data", {}).get("kind")
-    grown = f"{key_added}_{'boundaries' if kind == 'shapes' else 'labels'}"
-    return [(kind, grown)] if region == grown and grown in getattr(sdata, kind, {}) else []
+    data = histex_record(table, "data")
+    kind = data.get("kind")
+    grown = _grown_key(key_added, kind)
+    return [(kind, grown)] if data.get("region") == grown and grown in getattr(sdata, kind) else []
+
+
+def _grown_key(key_added: str, kind: str) -> str:
+    """The name of the grown cells beside ``tables[key_added]``: of the cells' kind, shapes or labels."""
+    return f"{key_added}_{'boundaries' if kind == 'shapes' else 'labels'}"
 
 
 def _polygons(gdf, cells_key: str) -> np.ndarray:

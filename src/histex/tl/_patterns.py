@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from histex import _sdata
-from histex._tables import bin_table
+from histex._tables import bin_table, histex_record
 from histex.tl._annotate import log_normalised
 
 logger = logging.getLogger("histex")
@@ -138,7 +138,7 @@ def spatial_patterns(
 
 def _spots_source(sdata, table, spots_table_key: str | None) -> tuple[str | None, str | None]:
     """The spot table to compare with, and the layer of its counts."""
-    data = table.uns.get("histex", {}).get("data", {}) if isinstance(table.uns.get("histex"), dict) else {}
+    data = histex_record(table, "data")
     recorded = data.get("table_key")
     if spots_table_key is None:
         if recorded is None:
