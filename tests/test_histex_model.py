@@ -15,6 +15,7 @@ from histex.model.checkpoint import Checkpoint
 from histex.model.features import standardised_with_position
 from histex.model.fit import bins_per_spot
 from histex.model.io import MANIFEST
+from histex.model.matching import SpotMatch
 from histex.model.settings import HistexSettings
 
 FAST = {"epochs": 3, "n_states": 2}
@@ -73,7 +74,9 @@ def test_super_resolve_gives_the_numbers_of_the_array_pipeline(small_toy):
     settings = HistexSettings.preset("histex", epochs=2, n_states=2, precision="float32", seed=3, he_only="none")
     config = settings.fit_config(window=7, device="cpu", show_progress=False)
     ensemble, history = train(problem, config)
-    expected = predict(ensemble, problem, config, transform=scaler.block_to_counts_per_bin(bins_per_spot(problem, 7)))
+    to_counts = scaler.block_to_counts_per_bin(bins_per_spot(problem, 7))
+    match = SpotMatch(spot_rc, 55 / 2 / 8, counts, np.column_stack(np.nonzero(tissue)))  # each disk to its spot
+    expected = predict(ensemble, problem, config, transform=to_counts, match=match)
     assert np.array_equal(np.asarray(table.X), expected.mean)
     assert np.array_equal(np.asarray(table.layers["std"]), expected.spread)
     assert np.array_equal(table.uns["histex"]["history"]["loss"], history.loss)
@@ -275,12 +278,17 @@ def test_the_refitted_readout_maps_genes_the_training_did_not(trained, section_d
     for key in ("table", "truth"):
         table = section_d.tables[key]
         table.var_names = [relabel.get(g, g) for g in table.var_names]
-    trained.predict(section_d, key_added="as_trained", refit_readout=False, show_progress=False)
-    trained.predict(section_d, key_added="refit", show_progress=False)
+    # without matching to the spots, which would set every gene's level from them whatever the readout
+    trained.predict(section_d, key_added="as_trained", refit_readout=False, match_spots=False, show_progress=False)
+    trained.predict(section_d, key_added="refit", match_spots=False, show_progress=False)
+    trained.predict(section_d, key_added="matched", refit_readout=False, show_progress=False)
     truth = section_d.tables["truth"]
     pearson = {k: hx.metrics.summarise(hx.metrics.score(section_d.tables[k], truth))["pearson"]
-               for k in ("as_trained", "refit")}  # fmt: skip
+               for k in ("as_trained", "refit", "matched")}  # fmt: skip
     assert pearson["refit"] > pearson["as_trained"] + 0.2, pearson
+    assert pearson["matched"] > pearson["as_trained"] + 0.1, pearson  # the spots give each gene its place too
+    assert section_d.tables["matched"].uns["histex"]["params"]["match_spots"]
+    assert not section_d.tables["refit"].uns["histex"]["params"]["match_spots"]
 
 
 def test_an_he_only_slide(trained, section_d):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,6 +14,9 @@ from histex._device import resolve_device
 from histex.model.context import nearest_context
 from histex.model.ensemble import Ensemble, compute_dtype
 from histex.model.fit import FitConfig, Problem, _TokenGrid, embedding_dim, windows_per_step
+
+if TYPE_CHECKING:
+    from histex.model.matching import SpotMatch
 
 
 @dataclass
@@ -132,6 +136,11 @@ def predict_blocks(ensemble: Ensemble, problem: Problem, config: FitConfig) -> I
             band_start = done
 
 
+def _transformed(block: Block, transform) -> Block:
+    mean, spread = transform(block.mean, block.spread)
+    return replace(block, mean=mean, spread=spread)
+
+
 def _grow(band: list[torch.Tensor] | None, length: int, n_genes: int, dim: int) -> list[torch.Tensor]:
     if band is None:
         band = [torch.zeros(0, n_genes), torch.zeros(0, n_genes), torch.zeros(0, dim), torch.zeros(0)]
@@ -147,13 +156,15 @@ def predict(
     config: FitConfig,
     transform: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
     out: Prediction | None = None,
+    match: SpotMatch | None = None,
 ) -> Prediction:
     """Predict every in-tissue bin (:func:`predict_blocks`) into one set of arrays.
 
     ``transform(mean, spread) -> (mean, spread)`` is applied to each block before it is stored (to counts per bin,
     say), so that the slide's predictions exist once, in their final form. ``out`` receives them: its ``mean``,
     ``spread`` and ``embedding`` may be any arrays that take row blocks in order, from the top (NumPy arrays, or
-    writers into a zarr store); by default they are allocated in memory.
+    writers into a zarr store); by default they are allocated in memory. ``match`` (a
+    :class:`histex.model.matching.SpotMatch`, in the units ``transform`` gives) rescales the blocks to the spots.
     """
     tissue_rows, tissue_cols = np.nonzero(problem.tissue)
     n_bins, n_genes = len(tissue_rows), problem.targets.shape[1]
@@ -165,8 +176,12 @@ def predict(
             spread=np.empty((n_bins, n_genes), dtype=np.float32),
             embedding=np.empty((n_bins, embedding_dim(config, with_context=problem.context is not None)), np.float32),
         )
-    for block in predict_blocks(ensemble, problem, config):
+    blocks = predict_blocks(ensemble, problem, config)
+    if transform is not None:
+        blocks = (_transformed(b, transform) for b in blocks)
+    if match is not None:
+        blocks = match.blocks(blocks)
+    for block in blocks:
         rows = slice(block.start, block.stop)
-        mean, spread = transform(block.mean, block.spread) if transform is not None else (block.mean, block.spread)
-        out.mean[rows], out.spread[rows], out.embedding[rows] = mean, spread, block.embedding
+        out.mean[rows], out.spread[rows], out.embedding[rows] = block.mean, block.spread, block.embedding
     return out

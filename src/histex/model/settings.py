@@ -78,6 +78,10 @@ class HistexSettings:
         HGSC squares; ``"image_states"`` costs no accuracy with spots.
     context_withheld
         Share of training windows without expression, for ``he_only="withheld"``.
+    match_spots
+        Rescale the predicted bins, gene by gene, so that each spot's disk sums to what the spot measured, and the
+        bins between disks by the ratios of the spots around them (:mod:`histex.model.matching`): the image sets
+        the shape within a spot, the spots the level. Only where the section's spots are used.
     dim, heads
         Embedding size and attention heads of the fusion blocks.
     seed
@@ -106,6 +110,7 @@ class HistexSettings:
     positions: bool = True
     he_only: str = "image_states"
     context_withheld: float = 0.25
+    match_spots: bool = True
     dim: int = 128
     heads: int = 8
     seed: int = 0
@@ -192,6 +197,7 @@ PRESETS: dict[str, dict] = {
         "carry_context": False,
         "context_skip": False,
         "fusion_dropout": 0.0,
+        "match_spots": False,
     },
     # The published setting (linear MLP, non-overlapping 7 x 7 blocks, min-max targets), with the corrections kept.
     "paper": {
@@ -203,5 +209,6 @@ PRESETS: dict[str, dict] = {
         "fusion_dropout": 0.0,
         "hidden": _PAPER_MLP,
         "epochs": 500,
+        "match_spots": False,
     },
 }

@@ -157,7 +157,9 @@ class BinsOutput:
 
         table = self._table(ad.AnnData(obs=self.obs, var=self.var), uns)
         with quiet_zarr_notices():
-            write_elem(self._zarr_group("tables", self._staged["tables"]), "uns", dict(table.uns))
+            staged = self._zarr_group("tables", self._staged["tables"])
+            write_elem(staged, "uns", dict(table.uns))
+            write_elem(staged, "var", table.var)  # with what the prediction added (spot consistency)
         # The old elements go only now that the new ones are complete; the staged ones take their names.
         for kind, key in (("shapes", self.bins_key), ("tables", self.key)):
             staging = self._staged[kind]

@@ -17,6 +17,7 @@ from histex.model.checkpoint import Checkpoint
 from histex.model.ensemble import Ensemble, compute_dtype
 from histex.model.features import fit_scaling, tissue_moments, tokens
 from histex.model.fit import FitConfig, bins_per_spot, default_batch_size, embedding_dim, resolve_device, train
+from histex.model.matching import SpotMatch, spot_consistency
 from histex.model.predict import predict
 from histex.model.settings import PRESETS, HistexSettings
 from histex.tl import _trained as model_folder
@@ -272,7 +273,10 @@ class HistexModel:
         to_store = wants_store(sdata, to_store)
         timer, (inputs,), (problem,) = self._fit([sdata], device=device, show_progress=show_progress, **fit_args)
         network = self._network_for(True, resolve_device(device), show_progress)
-        return self._write(sdata, inputs, problem, network, key_added=key_added, to_store=to_store, timer=timer)
+        counts = self._spot_counts(inputs, self._layer(None)) if self.settings.match_spots else None
+        return self._write(
+            sdata, inputs, problem, network, key_added=key_added, to_store=to_store, timer=timer, counts=counts
+        )
 
     def _fit(
         self,
@@ -378,6 +382,7 @@ class HistexModel:
         key_added: str = "histex",
         use_spots: bool | str = "auto",
         refit_readout: bool | None = None,
+        match_spots: bool | None = None,
         to_store: bool | None = None,
         layer: str | None = None,
         image_key: str | None = None,
@@ -414,6 +419,10 @@ class HistexModel:
             sections barely had where the hidden layers tell that cell type apart. ``None``: when the spots are used
             and the section is not one the model was fitted on. The table's ``uns["histex"]["model"]["readout"]``
             says how the layer was refitted (or ``"trained"``).
+        match_spots
+            Match the predicted bins to the section's spots, gene by gene (see
+            :func:`histex.tl.super_resolve`); ``None``: the model's setting (``settings.match_spots``). Only
+            with the spots.
         to_store
             Write into ``sdata``'s zarr store chunk by chunk (``None``: when ``sdata`` is backed).
         layer
@@ -462,7 +471,11 @@ class HistexModel:
             refitted, fit = readout.refit_readout(network.ensemble, problem, network.config)
             network = network._replace(ensemble=refitted, readout=fit.summary())
             timer.lap("readout")
-        return self._write(sdata, inputs, problem, network, key_added=key_added, to_store=to_store, timer=timer)
+        match = self.settings.match_spots if match_spots is None else bool(match_spots)
+        return self._write(
+            sdata, inputs, problem, network, key_added=key_added, to_store=to_store, timer=timer,
+            counts=counts if match else None,
+        )  # fmt: skip
 
     def _read_section(self, sdata, *, use_spots: bool, **keys) -> SectionInputs:
         """A new section, read on the model's bin size and checked against the model's features."""
@@ -528,7 +541,8 @@ class HistexModel:
         config = self._config(t.window, device, show_progress)
         return _Network(t.ensemble.to(device), config, how, bool(use_spots))
 
-    def _write(self, sdata, inputs, problem, network, *, key_added, to_store, timer) -> str:
+    def _write(self, sdata, inputs, problem, network, *, key_added, to_store, timer, counts=None) -> str:
+        """Predict the section into its output; ``counts`` (the spots' measured counts) match the bins to them."""
         t = self._trained
         ensemble, config = network.ensemble, network.config
         per_spot = bins_per_spot(problem, t.window) if len(problem.spot_rc) else t.bins_per_spot
@@ -549,11 +563,20 @@ class HistexModel:
             # Into the output's arrays block by block (in memory, or the store's chunks): the slide's predictions
             # exist once. Nothing shows in sdata until finish(); a failure removes what was staged in the store.
             to_counts = t.scaler.block_to_counts_per_bin(per_spot)
-            predict(ensemble, problem, config, transform=to_counts, out=output.open())
+            match = None
+            if network.use_spots and counts is not None:
+                # in counts, as the blocks come: each disk's bins sum to what its spot measured
+                bin_rc = np.column_stack([tissue_rows, tissue_cols])
+                match = SpotMatch(problem.spot_rc, problem.radius_bins, counts, bin_rc)
+            predict(ensemble, problem, config, transform=to_counts, out=output.open(), match=match)
+            if match is not None:
+                # how well the network alone explained each gene's spots, before they set its level
+                output.var["spot_consistency"] = spot_consistency(match.sums, match.measured).astype(np.float32)
             timer.lap("predict")
             output.write_bins()
             timer.lap("write")
             meta = self._meta(inputs, problem, network, per_spot, to_store=to_store)
+            meta["params"]["match_spots"] = match is not None  # what was done, not only what the settings say
             meta["timings"] = dict(timer.timings)
             output.finish(plain(meta))
         except BaseException:

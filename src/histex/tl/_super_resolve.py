@@ -38,6 +38,7 @@ def super_resolve(
     device: str | None = None,
     precision: str = "auto",
     feature_components: int | None = None,
+    match_spots: bool | None = None,
     seed: int = 0,
     key_added: str = "histex",
     to_store: bool | None = None,
@@ -119,6 +120,11 @@ def super_resolve(
     feature_components
         Project the standardised image features onto this many principal axes, fitted on the tissue bins, before
         training (a UNI map of 1,024 channels is four times smaller at 256). ``None`` keeps every channel.
+    match_spots
+        Rescale the predictions, gene by gene, so that the bins of each spot's disk sum to what the spot measured,
+        with the ratios interpolated between the spots (see the method page). ``None``: the variant's setting,
+        on for ``"histex"``, off for ``"image_only"`` and ``"paper"``. ``var["spot_consistency"]`` then gives,
+        per gene, how well the network alone explained the spots (Pearson over spots).
     seed
         Seed of the first ensemble state (state ``i`` uses ``seed + i``). Same seed, same result on the same
         device and precision.
@@ -162,6 +168,7 @@ def super_resolve(
         k_context=k_context,
         precision=precision,
         feature_components=feature_components,
+        match_spots=match_spots,
         seed=seed,
         he_only="none",  # it predicts the section it learned from, with its spots
     )
