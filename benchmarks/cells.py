@@ -172,7 +172,7 @@ def bench_accuracy(args, name: str) -> dict:
 
     from histex._bench import load_dataset
 
-    sdata = load_dataset(name, data_dir=args.data_dir, n_genes=60, seed=0)
+    sdata = load_dataset(name, data_dir=args.data_dir, n_genes=60, seed=0, hidden_genes=(0, 0))
     hx.pp.extract_features(sdata, show_progress=False)
     truth = sdata.tables["truth_cells"]
     genes = list(truth.var_names)

@@ -1,22 +1,41 @@
 """The accuracy benchmark runs every kind of method and writes its table and figure."""
 
+import importlib.util
+import json
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from histex._bench import load_dataset, run_bench_command, run_benchmark
 
 
+def benchmark_script(name: str):
+    """A script of benchmarks/ imported as a module, to run its main() with small settings."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_bench_scores_models_and_baselines(tmp_path):
     results = run_bench_command(
-        tmp_path, datasets=["toy"], methods=["histex", "linear", "idw"], n_genes=20, epochs=3, n_states=1,
-        toy_size_um=600,
+        tmp_path, datasets=["toy"], methods=["histex", "image_only", "linear"], n_genes=20, epochs=3, n_states=1,
+        toy_size_um=600, seeds=[0],
     )  # fmt: skip
-    assert list(results["method"]) == ["histex", "linear", "idw"]
-    assert results[["pearson", "ssim", "rmse", "seconds", "peak_rss_mb"]].notna().all().all()
+    groups = ["all", "visible", "clone", "gradient"]
+    assert list(results["method"]) == [m for m in ["histex", "image_only", "linear"] for _ in groups]
+    assert list(results["group"].unique()) == groups  # the toy's groups, by what shows them
+    assert results[["pearson", "ssim", "rmse", "spot_consistency", "seconds", "peak_rss_mb"]].notna().all().all()
     assert (results["pearson"].between(-1, 1)).all() and (results["rmse"] >= 0).all()
-    assert results.loc[results["method"] == "linear", "pearson"].item() > 0.2  # the toy's spots carry signal
+    everything = results[results["group"] == "all"].set_index("method")
+    assert everything.loc["linear", "pearson"] > 0.2  # the toy's spots carry signal
+    # matched to its spots, histex sums over each disk to what the spot measured; image-only does not
+    assert everything.loc["histex", "spot_consistency"] > 0.97 > everything.loc["image_only", "spot_consistency"]
     written = pd.read_csv(tmp_path / "results.csv")
-    assert list(written.columns) == ["dataset", "method", "pearson", "ssim", "rmse", "seconds", "peak_rss_mb"]
+    assert list(written.columns) == ["dataset", "seed", "method", "group", "pearson", "ssim", "rmse",
+                                     "spot_consistency", "seconds", "peak_rss_mb"]  # fmt: skip
     assert (tmp_path / "results.png").stat().st_size > 10_000
 
 
@@ -31,14 +50,7 @@ def test_bench_refuses_unknown_methods_and_datasets(tmp_path):
 
 def test_transfer_benchmark_writes_the_keys_of_its_json(tmp_path):
     """benchmarks/transfer.py on a small toy family: every figure of transfer.json, as named."""
-    import importlib.util
-    import json
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer.py"
-    spec = importlib.util.spec_from_file_location("transfer_benchmark", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("transfer")
     args = ["--out", str(tmp_path), "--families", "toy", "--toy-size-um", "600", "--epochs", "2", "--states", "1"]
     module.main([*args, "--genes", "12"])
     report = json.loads((tmp_path / "transfer.json").read_text())
@@ -48,3 +60,19 @@ def test_transfer_benchmark_writes_the_keys_of_its_json(tmp_path):
     assert all(-1 <= figures[k] <= 1 for k in keys[:6]) and figures["interpolation"] > 0.2
     assert all(figures[k] > 0 for k in ("fit_s", "predict_s", "self_s", "peak_rss_mb"))
     assert (tmp_path / "toy_model" / "manifest.json").is_file()
+
+
+def test_matching_benchmark_scores_the_same_networks_before_and_after(tmp_path):
+    """benchmarks/matching.py on a small toy: per group, before and after matching, with the spot consistency."""
+    module = benchmark_script("matching")
+    args = ["--out", str(tmp_path), "--sections", "toy", "--seeds", "0", "--toy-size-um", "600", "--epochs", "2"]
+    module.main([*args, "--states", "1", "--genes", "12"])
+    report = json.loads((tmp_path / "matching.json").read_text())["toy"]
+    assert list(report) == ["all", "visible", "clone", "gradient"]
+    for group in report.values():
+        assert set(group) == {"before", "after"}
+        assert set(group["after"]) == {"pearson", "ssim", "rmse", "spot_consistency"}
+    # two epochs leave the network far from its spots; matched, every disk sums to about what its spot measured
+    assert report["all"]["after"]["spot_consistency"] > 0.95 > report["all"]["before"]["spot_consistency"]
+    assert report["clone"]["after"]["pearson"] > report["clone"]["before"]["pearson"] + 0.1
+    assert len(pd.read_csv(tmp_path / "matching.csv")) == 8

@@ -116,6 +116,45 @@ def test_from_nuclei_gives_a_section_with_its_truth():
     assert section.mpp == pytest.approx(0.5) and len(section.spots.xy_px) == spots.n_obs
 
 
+def test_from_nuclei_adds_genes_that_the_image_cannot_see():
+    """Clone genes follow two regions and gradient genes a smooth field, in every cell whatever its class; the class
+    genes, the spots' lattice and the class counts are those of the section without them."""
+    from histex._bench import gene_groups
+    from histex.sim._hidden import gradient_field
+
+    rng = np.random.default_rng(0)
+    image = np.full((1200, 1200, 3), 235, np.uint8)
+    centres = rng.uniform(40, 1160, size=(900, 2))
+    classes = np.where(centres[:, 0] < 600, "tumour", "immune")
+    frame = nuclei_frame(classes, centres)
+    plain = hx.sim.from_nuclei(image, frame, mpp=0.5, n_genes=20, seed=3)
+    sdata = hx.sim.from_nuclei(image, frame, mpp=0.5, n_genes=20, clone_genes=5, gradient_genes=4, seed=3)
+    truth, cells = sdata.tables["truth"], sdata.tables["truth_cells"]
+    names = [f"CloneA_{i:02d}" for i in range(3)] + [f"CloneB_{i:02d}" for i in range(2)]
+    assert list(truth.var_names) == [f"G{i:03d}" for i in range(20)] + names + [f"Grad_{i:02d}" for i in range(4)]
+    assert list(truth.var["group"]) == ["visible"] * 20 + ["clone"] * 5 + ["gradient"] * 4
+    assert list(gene_groups(truth.var)) == list(truth.var["group"])
+    assert "group" not in sdata.tables["table"].var  # the measured spots do not say it
+    np.testing.assert_array_equal(sdata.tables["table"][:, :20].X.toarray(), plain.tables["table"].X.toarray())
+    x = cells.X.toarray()
+    in_a = (cells.obs["clone"] == "A").to_numpy()
+    assert 0.1 < in_a.mean() < 0.9  # both clones, each a region
+    assert x[~in_a, 20:23].sum() == 0 and x[in_a, 23:25].sum() == 0 and x[in_a, 20:23].sum() > 0
+    for label in ("tumour", "immune"):  # whatever the class
+        assert x[in_a & (classes == label), 20:23].mean() > 0.3
+    # the two clones are two regions: a cell's nearest neighbours are mostly of its clone
+    from scipy.spatial import cKDTree
+
+    _, nearest = cKDTree(centres).query(centres, 2)
+    assert (in_a[nearest[:, 1]] == in_a).mean() > 0.95
+    gradient = cells.obs["gradient"].to_numpy()
+    assert np.corrcoef(x[:, 25:].sum(1), gradient)[0, 1] > 0.5
+    field = gradient_field(centres * 0.5, 600, 600, 0.0, 1.0, 0.0)
+    assert field.min() >= 0.05 and abs(field.mean() - 1) < 0.1
+    with pytest.raises(ValueError, match="clone_genes must be a whole number"):
+        hx.sim.from_nuclei(image, frame, mpp=0.5, clone_genes=-1)
+
+
 def test_from_nuclei_bad_input():
     image = np.full((400, 400, 3), 235, np.uint8)
     frame = nuclei_frame(["a", "b"], [(100, 100), (300, 300)])

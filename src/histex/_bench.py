@@ -17,6 +17,8 @@ MODEL_METHODS = ("histex", "image_only", "paper")
 BASELINE_METHODS = ("nearest", "linear", "cubic", "idw")
 METHODS = MODEL_METHODS + BASELINE_METHODS
 DATASETS = ("toy", "hgsc_nest", "hgsc_wsi")
+#: (clone, gradient) genes of the HGSC sections, beside their class programmes.
+HIDDEN_GENES = (8, 8)
 FAMILIES = ("toy", "hgsc_wsi")
 SECTIONS = ("A", "B", "C", "D")
 # (haematoxylin, eosin) of sections A-D of a family: any two differ by up to 20% in each stain, up and down.
@@ -49,11 +51,20 @@ def load_dataset(
     seed: int = 0,
     toy_size_um: float = 1600,
     wsi_size_px: int = 6000,
+    hidden_genes: tuple[int, int] = HIDDEN_GENES,
 ):
     """A benchmark section with its truth: ``"toy"`` (built in), ``"hgsc_nest"`` (real H&E and nuclei) or
     ``"hgsc_wsi"`` (a ``wsi_size_px`` square of a whole-slide segmentation, at 0.5 µm/px, where it has the most
-    nuclei, with an H&E-like image painted from its nuclei and tissue regions)."""
+    nuclei, with an H&E-like image painted from its nuclei and tissue regions).
+
+    Of the ``n_genes`` of an HGSC section, ``hidden_genes`` are (clone, gradient) genes that the image cannot see
+    (:func:`histex.sim.from_nuclei`), the rest class programmes; the toy has its own groups (``var["group"]``,
+    see :func:`gene_groups`)."""
     import histex as hx
+
+    clone_genes, gradient_genes = (int(n) for n in hidden_genes)
+    nuclei_genes = {"n_genes": n_genes - clone_genes - gradient_genes, "clone_genes": clone_genes,
+                    "gradient_genes": gradient_genes}  # fmt: skip
 
     if name == "toy":
         return hx.datasets.toy(size_um=toy_size_um, n_genes=n_genes, seed=seed)
@@ -65,7 +76,7 @@ def load_dataset(
             raise FileNotFoundError(f"hgsc_nest needs hgsc_nest.jpg and hgsc_nest.parquet in data_dir={data_dir}.")
         image = np.asarray(Image.open(data_dir / "hgsc_nest.jpg").convert("RGB"))
         nuclei = gpd.read_parquet(data_dir / "hgsc_nest.parquet")
-        return hx.sim.from_nuclei(image, nuclei, mpp=0.5, n_genes=n_genes, seed=seed)
+        return hx.sim.from_nuclei(image, nuclei, mpp=0.5, seed=seed, **nuclei_genes)
     if name == "hgsc_wsi":
         from histex.sim._paint import _read_crop
 
@@ -75,7 +86,7 @@ def load_dataset(
         # Nuclei are the size of hgsc_nest's (same source), whose inflammatory nuclei are ~15 px: 0.5 µm/px.
         nuclei, tissue, window = _read_crop(data_dir / files[0], data_dir / files[1], size_px=wsi_size_px)
         image = hx.sim.paint_he(nuclei, tissue, bounds=(0, 0, wsi_size_px, wsi_size_px), mpp=0.5, seed=seed)
-        sdata = hx.sim.from_nuclei(image, nuclei, mpp=0.5, n_genes=n_genes, seed=seed)
+        sdata = hx.sim.from_nuclei(image, nuclei, mpp=0.5, seed=seed, **nuclei_genes)
         sdata.tables["truth"].uns["window_px"] = np.asarray(window)
         return sdata
     raise ValueError(f"Unknown dataset {name!r}; available: {', '.join(DATASETS)}.")
@@ -212,6 +223,35 @@ def representative_windows(
     return [corners[i] for i in keep]
 
 
+def gene_groups(var: pd.DataFrame) -> np.ndarray:
+    """Each gene's group for the benchmark: ``"visible"`` (seen through the cells in the image), ``"clone"`` or
+    ``"gradient"`` (only the spots carry them), from ``var["group"]`` of a simulated section's truth (the toy's
+    ``CloneA``/``CloneB`` and ``Grad`` groups, the HGSC sections' own names); all visible without that column."""
+    if "group" not in var:
+        return np.full(len(var), "visible", dtype=object)
+    names = var["group"].astype(str)
+    kind = np.where(names.str.startswith("Clone") | (names == "clone"), "clone", "visible")
+    return np.where(names.isin(["Grad", "gradient"]), "gradient", kind).astype(object)
+
+
+def spot_consistency(sdata, reference: str, prediction) -> float:
+    """Mean over genes of the Pearson correlation over spots between what each spot measured and the prediction
+    summed over the bins of its disk (the disk of ``super_resolve``'s loss); the spots, their counts and the disk
+    are those of the ``super_resolve`` table ``reference``, whose bins ``prediction`` holds."""
+    from histex import _sdata
+    from histex.model.matching import disk_incidence
+    from histex.model.matching import spot_consistency as per_gene
+    from histex.tl._sections import dense_counts
+
+    meta = sdata.tables[reference].uns["histex"]["data"]
+    spots = _sdata.read_spots(sdata, meta["spots_key"], meta["table_key"], meta["image_key"], meta["coordinate_system"])
+    measured = dense_counts(spots.table, list(prediction.var_names), _sdata.fitted_layer(sdata.tables[reference]))
+    bin_rc = prediction.obs[["array_row", "array_col"]].to_numpy()
+    incidence = disk_incidence(spots.xy_px[:, ::-1] / float(meta["bin_px"]), float(meta["radius_bins"]), bin_rc)
+    x = prediction.X.toarray() if hasattr(prediction.X, "toarray") else np.asarray(prediction.X)
+    return float(np.nanmean(per_gene(incidence @ x.astype(np.float64), measured)))
+
+
 def run_benchmark(
     datasets: Sequence[str] = DATASETS,
     methods: Sequence[str] = METHODS,
@@ -220,14 +260,14 @@ def run_benchmark(
     n_genes: int = 60,
     epochs: int | None = 60,
     n_states: int = 3,
-    seed: int = 0,
+    seeds: Sequence[int] = (0, 1, 2),
     device: str | None = None,
     toy_size_um: float = 1600,
     wsi_size_px: int = 6000,
     show_progress: bool = False,
     echo: Callable[[str], None] = print,
 ) -> pd.DataFrame:
-    """Score every method on every dataset against the truth, per gene over in-tissue bins.
+    """Score every method on every dataset and seed against the truth, per gene over in-tissue bins, by gene group.
 
     Parameters
     ----------
@@ -239,10 +279,14 @@ def run_benchmark(
     data_dir
         Folder with the real data (``hgsc_nest.jpg`` and ``hgsc_nest.parquet``; ``hgsc_nuclei_wsi.parquet`` and
         ``hgsc_tissue_wsi.parquet``).
+    n_genes
+        Genes of every section (on the HGSC sections, :data:`HIDDEN_GENES` of them clone and gradient genes).
     epochs
         Epochs of every super-resolution variant (``None``: each variant's default; the paper's is 500).
-    n_states, seed, device
+    n_states, device
         Passed to :func:`histex.tl.super_resolve`.
+    seeds
+        Each seed draws the section (counts, spot lattice, and the toy's layout) and seeds the models.
     toy_size_um
         Edge of the toy section.
     wsi_size_px
@@ -251,7 +295,9 @@ def run_benchmark(
     Returns
     -------
     pandas.DataFrame
-        One row per dataset and method: ``pearson``, ``ssim``, ``rmse`` (means over genes), ``seconds``,
+        One row per dataset, seed, method and gene group (``"all"``, and each of ``"visible"``, ``"clone"``,
+        ``"gradient"`` the section has, :func:`gene_groups`): ``pearson``, ``ssim``, ``rmse`` (means over the
+        group's genes), ``spot_consistency`` (:func:`spot_consistency`, over all genes), ``seconds``,
         ``peak_rss_mb`` (of that method's step, where the system can tell).
     """
     import histex as hx
@@ -262,57 +308,81 @@ def run_benchmark(
     data_dir = Path(data_dir) if data_dir is not None else None
     rows = []
     for name in datasets:
-        sdata = load_dataset(
-            name, data_dir=data_dir, n_genes=n_genes, seed=seed, toy_size_um=toy_size_um, wsi_size_px=wsi_size_px
-        )
-        truth = sdata.tables["truth"]
-        hx.pp.extract_features(sdata, show_progress=show_progress)
-        reference = None
-        for method in methods:
-            _reset_peak_rss()
-            start = time.perf_counter()
-            if method in MODEL_METHODS:
-                hx.tl.super_resolve(
-                    sdata, variant=method, key_added=method, epochs=epochs, n_states=n_states, seed=seed,
-                    device=device, n_top_genes=n_genes, show_progress=show_progress,
-                )  # fmt: skip
-                prediction = sdata.tables[method]
-                reference = reference or method
-            else:
-                if reference is None:  # the baselines use the bins and genes of a super-resolution table
-                    hx.tl.super_resolve(sdata, key_added="grid", epochs=1, n_states=1, n_top_genes=n_genes,
-                                        show_progress=False)  # fmt: skip
-                    reference = "grid"
-                prediction = hx.baselines.spots_on_bins(sdata, reference, method=method)
-            seconds = time.perf_counter() - start
-            summary = hx.metrics.summarise(hx.metrics.score(prediction, truth))
-            row = {"dataset": name, "method": method, **summary, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
-            rows.append(row)
-            echo(f"{name:10s} {method:11s} pearson {row['pearson']:.4f}  ssim {row['ssim']:.4f}  "
-                 f"rmse {row['rmse']:.4f}  {seconds:7.1f} s")  # fmt: skip
-    return pd.DataFrame(rows, columns=["dataset", "method", "pearson", "ssim", "rmse", "seconds", "peak_rss_mb"])
+        for seed in seeds:
+            sdata = load_dataset(
+                name, data_dir=data_dir, n_genes=n_genes, seed=seed, toy_size_um=toy_size_um, wsi_size_px=wsi_size_px
+            )
+            truth = sdata.tables["truth"]
+            genes = list(sdata.tables["table"].var_names)  # every gene, hidden ones too
+            groups = pd.Series(gene_groups(truth.var), index=truth.var_names)
+            hx.pp.extract_features(sdata, show_progress=show_progress)
+            reference = None
+            for method in methods:
+                _reset_peak_rss()
+                start = time.perf_counter()
+                if method in MODEL_METHODS:
+                    hx.tl.super_resolve(
+                        sdata, variant=method, key_added=method, epochs=epochs, n_states=n_states, seed=seed,
+                        device=device, genes=genes, show_progress=show_progress,
+                    )  # fmt: skip
+                    prediction = sdata.tables[method]
+                    reference = reference or method
+                else:
+                    if reference is None:  # the baselines use the bins and genes of a super-resolution table
+                        hx.tl.super_resolve(sdata, key_added="grid", epochs=1, n_states=1, genes=genes,
+                                            show_progress=False)  # fmt: skip
+                        reference = "grid"
+                    prediction = hx.baselines.spots_on_bins(sdata, reference, method=method)
+                seconds = time.perf_counter() - start
+                peak = _peak_rss_mb()
+                scores = hx.metrics.score(prediction, truth)
+                consistency = spot_consistency(sdata, reference, prediction)
+                by_group = {"all": scores} | {
+                    g: scores[groups.loc[scores.index].to_numpy() == g] for g in dict.fromkeys(groups)
+                }
+                for group, part in by_group.items():
+                    row = {"dataset": name, "seed": seed, "method": method, "group": group,
+                           **hx.metrics.summarise(part), "spot_consistency": consistency, "seconds": seconds,
+                           "peak_rss_mb": peak}  # fmt: skip
+                    rows.append(row)
+                line = " ".join(f"{g} {hx.metrics.summarise(p)['pearson']:.4f}" for g, p in by_group.items())
+                echo(f"{name:10s} seed {seed} {method:11s} pearson {line}  spots {consistency:.4f}  {seconds:7.1f} s")
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+RESULT_COLUMNS = ["dataset", "seed", "method", "group", "pearson", "ssim", "rmse", "spot_consistency", "seconds",
+                  "peak_rss_mb"]  # fmt: skip
+
+
+def summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Means over seeds, per dataset, method and group, in the order they came."""
+    keys = ["dataset", "method", "group"]
+    return (
+        results.groupby(keys, sort=False)[[c for c in RESULT_COLUMNS if c not in (*keys, "seed")]].mean().reset_index()
+    )
 
 
 def plot_results(results: pd.DataFrame, path: str | Path) -> None:
-    """Mean per-gene Pearson, SSIM and RMSE per method, one panel per metric, datasets side by side."""
+    """Mean per-gene Pearson (all genes, mean over seeds) per method and dataset, and per gene group."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = ["pearson", "ssim", "rmse"]
-    datasets = list(dict.fromkeys(results["dataset"]))
-    methods = list(dict.fromkeys(results["method"]))
-    fig, axes = plt.subplots(1, 3, figsize=(4.5 * 3 + 1.2, 3.6), layout="constrained")
+    means = summary(results)
+    datasets = list(dict.fromkeys(means["dataset"]))
+    methods = list(dict.fromkeys(means["method"]))
+    groups = [g for g in ("all", "visible", "clone", "gradient") if g in set(means["group"])]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups) + 1.2, 3.6), layout="constrained")
+    axes = np.atleast_1d(axes)
     width = 0.8 / max(1, len(methods))
-    for ax, metric in zip(axes, metrics, strict=True):
+    for ax, group in zip(axes, groups, strict=True):
         for i, method in enumerate(methods):
-            values = [
-                results.loc[(results["dataset"] == d) & (results["method"] == method), metric].mean() for d in datasets
-            ]
+            chosen = means[(means["method"] == method) & (means["group"] == group)].set_index("dataset")
+            values = [chosen["pearson"].get(d, np.nan) for d in datasets]
             ax.bar(np.arange(len(datasets)) + i * width, values, width, label=method)
         ax.set_xticks(np.arange(len(datasets)) + width * (len(methods) - 1) / 2, datasets)
-        ax.set_title(f"{metric} ({'lower' if metric == 'rmse' else 'higher'} is better)")
+        ax.set_title(f"Pearson, {group} genes")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", fontsize=8)  # beside the panels, over no bar
     fig.savefig(path, dpi=120)
@@ -320,10 +390,18 @@ def plot_results(results: pd.DataFrame, path: str | Path) -> None:
 
 
 def markdown_table(results: pd.DataFrame) -> str:
-    lines = ["| dataset | method | Pearson | SSIM | RMSE | seconds | peak RSS (MiB) |", "|---|---|---|---|---|---|---|"]
-    for r in results.itertuples():
-        lines.append(f"| {r.dataset} | {r.method} | {r.pearson:.4f} | {r.ssim:.4f} | {r.rmse:.4f} | "
-                     f"{r.seconds:.1f} | {r.peak_rss_mb:.0f} |")  # fmt: skip
+    """Means over seeds: one row per dataset and method, Pearson per group, then SSIM, RMSE and spot consistency of
+    all genes."""
+    means = summary(results)
+    groups = [g for g in ("all", "visible", "clone", "gradient") if g in set(means["group"])]
+    header = "| dataset | method | " + " | ".join(f"Pearson {g}" for g in groups)
+    lines = [header + " | SSIM | RMSE | spot consistency | seconds |", "|---" * (len(groups) + 6) + "|"]
+    for (dataset, method), part in means.groupby(["dataset", "method"], sort=False):
+        by_group = part.set_index("group")
+        pearson = " | ".join(f"{by_group.loc[g, 'pearson']:.4f}" if g in by_group.index else "–" for g in groups)
+        a = by_group.loc["all"]
+        lines.append(f"| {dataset} | {method} | {pearson} | {a.ssim:.4f} | {a.rmse:.4f} | "
+                     f"{a.spot_consistency:.4f} | {a.seconds:.1f} |")  # fmt: skip
     return "\n".join(lines)
 
 

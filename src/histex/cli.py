@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--genes", type=int, default=60)
     bench.add_argument("--epochs", type=int, default=60, help="epochs of every super-resolution variant")
     bench.add_argument("--n-states", type=int, default=3)
-    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per seed (default: 0 1 2)")
     bench.add_argument("--device", default=None)
     bench.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             n_genes=args.genes,
             epochs=args.epochs,
             n_states=args.n_states,
-            seed=args.seed,
+            seeds=args.seeds,
             device=args.device,
             wsi_size_px=args.wsi_size_px,
         )

@@ -17,6 +17,7 @@ from scipy import ndimage, sparse
 
 from histex._sdata import bin_elements
 from histex.geometry import VISIUM_PITCH_UM, VISIUM_SPOT_DIAMETER_UM, BinGrid, hex_lattice
+from histex.sim._hidden import gradient_field
 from histex.sim._pseudo import sum_into_spots
 from histex.sim._stain import _check_factor, vary_stain
 
@@ -257,7 +258,7 @@ def toy(
     t_idx = np.flatnonzero(tissue_fraction > 0)
     t_rows, t_cols = np.divmod(t_idx, master_shape[1])
     centres_um = np.stack([(t_cols + 0.5) * bin_size_um, (t_rows + 0.5) * bin_size_um], axis=1)
-    gradient = _gradient_field(centres_um, h_um, w_um, *grad_params)
+    gradient = gradient_field(centres_um, h_um, w_um, *grad_params)
     expected = _expected_counts(fractions[t_idx], rates, groups == "Grad", gradient)
     counts = rng_counts.poisson(expected)
 
@@ -634,16 +635,6 @@ def _bin_fractions(lab: np.ndarray, bin_size_um: float) -> tuple[np.ndarray, tup
     flat = (rb[rsel, None] * n_cols + cb[None, csel]) * _N_CODES + lab[np.ix_(rsel, csel)]
     counts = np.bincount(flat.ravel(), minlength=n_rows * n_cols * _N_CODES).reshape(-1, _N_CODES)
     return counts / counts.sum(axis=1, keepdims=True), (n_rows, n_cols)
-
-
-def _gradient_field(
-    xy_um: np.ndarray, h_um: float, w_um: float, direction: float, cycles: float, phase: float
-) -> np.ndarray:
-    """A smooth positive field with mean about 1: linear along ``direction`` plus a gentle sinusoid across it."""
-    u = np.array([np.cos(direction), np.sin(direction)])
-    centred = (xy_um - np.array([w_um, h_um]) / 2) / max(h_um, w_um)
-    along, across = centred @ u, centred @ np.array([-u[1], u[0]])
-    return np.clip(1.0 + 1.4 * along + 0.3 * np.sin(2 * np.pi * cycles * across + phase), 0.05, None)
 
 
 def _expected_counts(fractions: np.ndarray, rates: np.ndarray, is_grad: np.ndarray, gradient: np.ndarray) -> np.ndarray:

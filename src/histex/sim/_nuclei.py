@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from scipy import ndimage
 
 from histex.geometry import BinGrid, cell_bin_weights
+from histex.sim._hidden import GENE_GROUPS, hidden_rates
 from histex.sim._layout import add_truth_cells, visium_like
 from histex.sim._pseudo import pseudo_visium
 
@@ -48,6 +49,8 @@ def from_nuclei(
     programmes: pd.DataFrame | None = None,
     n_genes: int = 60,
     class_key: str = "class_name",
+    clone_genes: int = 0,
+    gradient_genes: int = 0,
     bin_size_um: float = 8.0,
     dataset_id: str = "sim",
     seed: int = 0,
@@ -57,6 +60,10 @@ def from_nuclei(
     Each nucleus is a cell of its class: it draws Poisson counts from its class's programme, scaled by its area
     relative to the median nucleus, and its counts are split over the bins it overlaps in proportion to area
     (the truth). 55 µm spots on a 100 µm hexagonal lattice over the tissue sum the bins in their disks.
+
+    Beside the class programmes, which the image shows through the cells' morphology, ``clone_genes`` and
+    ``gradient_genes`` add genes that the image cannot see: two clones split by a wavy line across the section and
+    a smooth gradient field, expressed by every cell whatever its class (:func:`histex.sim._hidden.hidden_rates`).
 
     Parameters
     ----------
@@ -72,6 +79,10 @@ def from_nuclei(
         Genes of drawn programmes.
     class_key
         Column of ``nuclei`` with the cell class.
+    clone_genes
+        Genes of the two clones (half of them, rounded up, in clone A), ``CloneA_00``..., ``CloneB_00``....
+    gradient_genes
+        Genes that follow the gradient, ``Grad_00``....
     bin_size_um
         Edge of the truth bins.
     dataset_id
@@ -84,7 +95,8 @@ def from_nuclei(
     spatialdata.SpatialData
         Ready for :func:`histex.pp.extract_features` and :func:`histex.tl.super_resolve`, with ``tables["truth"]``
         (``obs["in_tissue"]``, ``obs["class"]``: the class covering most of the bin),
-        ``tables["truth"].uns["programmes"]``, and the truth per cell: ``shapes["truth_cells_boundaries"]`` (the
+        ``tables["truth"].uns["programmes"]``, ``tables["truth"].var["group"]`` (``"visible"`` for the class
+        programmes, ``"clone"``, ``"gradient"``), and the truth per cell: ``shapes["truth_cells_boundaries"]`` (the
         nuclei) and ``tables["truth_cells"]`` (their counts, ``obs["class"]``, ``obs["area_um2"]``).
     """
     image = np.asarray(image)
@@ -102,6 +114,9 @@ def from_nuclei(
             f"Nuclei reach outside the image ({image.shape[1]} x {image.shape[0]} px): bounds "
             f"({x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}). Give them in the image's pixel coordinates."
         )
+    for label, count in (("clone_genes", clone_genes), ("gradient_genes", gradient_genes)):
+        if int(count) != count or count < 0:
+            raise ValueError(f"{label} must be a whole number of genes, 0 or more; got {count!r}.")
     rng = np.random.default_rng(seed)
     if programmes is None:
         programmes = draw_programmes(sorted(set(classes)), n_genes, seed=seed)
@@ -111,14 +126,30 @@ def from_nuclei(
             f"No expression programme for the classes {missing}; programmes cover {list(programmes.index)}."
         )
 
-    grid = BinGrid.for_image(image.shape[:2], mpp=mpp, bin_size_um=bin_size_um)
-    weights = cell_bin_weights(polygons, grid)  # (cells, bins)
     import shapely
 
+    grid = BinGrid.for_image(image.shape[:2], mpp=mpp, bin_size_um=bin_size_um)
+    weights = cell_bin_weights(polygons, grid)  # (cells, bins)
     area = shapely.area(polygons)
     size = area / np.median(area[area > 0]) if (area > 0).any() else np.ones(len(area))
-    rates = programmes.loc[classes].to_numpy(float) * size[:, None]
-    cell_counts = sp.csr_matrix(rng.poisson(rates).astype(np.float32))
+    counts = rng.poisson(programmes.loc[classes].to_numpy(float) * size[:, None]).astype(np.float32)
+    genes = list(programmes.columns.astype(str))
+    groups = ["visible"] * len(genes)
+    cells_obs = pd.DataFrame({"class": pd.Categorical(classes)})
+    if clone_genes or gradient_genes:
+        # a stream of their own, so that adding hidden genes leaves the class counts and the spot lattice as they were
+        hidden_rng = np.random.default_rng([seed, 1])
+        centroids_um = shapely.get_coordinates(shapely.centroid(polygons)).reshape(-1, 2) * mpp
+        hidden, in_clone_a, field = hidden_rates(
+            centroids_um, image.shape[0] * mpp, image.shape[1] * mpp, clone_genes=int(clone_genes),
+            gradient_genes=int(gradient_genes), rng=hidden_rng,
+        )  # fmt: skip
+        counts = np.hstack([counts, hidden_rng.poisson(hidden.to_numpy() * size[:, None]).astype(np.float32)])
+        genes += list(hidden.columns)
+        groups += ["clone"] * int(clone_genes) + ["gradient"] * int(gradient_genes)
+        cells_obs["clone"] = pd.Categorical(np.where(in_clone_a, "A", "B"), categories=["A", "B"])
+        cells_obs["gradient"] = field
+    cell_counts = sp.csr_matrix(counts)
     bin_counts = (weights.T @ cell_counts).tocsr()  # (bins, genes)
 
     class_names = list(programmes.index.astype(str))
@@ -144,9 +175,9 @@ def from_nuclei(
     spot_xy, array_rc, spot_counts = pseudo_visium(tissue, grid, mpp, rows, cols, truth_counts, rng=rng)
     logger.info(
         "Simulated %d cells of %d classes, %d genes: %d tissue bins, %d spots.",
-        len(classes), len(class_names), programmes.shape[1], len(rows), len(spot_xy),
+        len(classes), len(class_names), len(genes), len(rows), len(spot_xy),
     )  # fmt: skip
-    var = pd.DataFrame(index=pd.Index(programmes.columns.astype(str)))
+    var = pd.DataFrame(index=pd.Index(genes))
     sdata = visium_like(
         dataset_id=dataset_id,
         image=np.ascontiguousarray(np.moveaxis(image, -1, 0)),
@@ -162,7 +193,8 @@ def from_nuclei(
         truth_obs=truth_obs,
     )
     sdata.tables["truth"].uns["programmes"] = programmes
-    add_truth_cells(
-        sdata, polygons, cell_counts, mpp=mpp, var=var, obs=pd.DataFrame({"class": pd.Categorical(classes)})
-    )
+    # the truth says each gene's group; the spots, as measured, do not
+    var_truth = var.assign(group=pd.Categorical(groups, categories=list(GENE_GROUPS)))
+    sdata.tables["truth"].var["group"] = var_truth["group"].to_numpy()
+    add_truth_cells(sdata, polygons, cell_counts, mpp=mpp, var=var_truth, obs=cells_obs)
     return sdata
