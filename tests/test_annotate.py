@@ -40,6 +40,9 @@ def test_labelled_domains_recover_the_planted_compartments(toy):
     assert list(scores.columns) == list(markers) and scores.shape == (truth.n_obs, 4)
     named = truth.obs["domain_label"] != "unknown"
     assert (truth.obs.loc[named, "domain_confidence"] >= 0.25).all()
+    # only the labels given out are categories, in the markers' order: scanpy refuses an empty group
+    given = set(labels)
+    assert list(truth.obs["domain_label"].cat.categories) == [c for c in [*markers, "unknown"] if c in given]
     boundary = truth.obs["domain_boundary"].to_numpy()
     assert 0.02 < boundary.mean() < 0.3
     assert truth.uns["domain"]["use"] == "expression" and truth.uns["domain"]["n_domains"] == 6

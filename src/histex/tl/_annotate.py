@@ -216,7 +216,9 @@ def annotate(
     if marker_idx is not None:
         names, confidence = dm.label_domains(domains, scores, list(marker_idx), min_score=min_score)
         labels = names[domains].astype(str)
-        obs[f"{key_added}_label"] = pd.Categorical(labels, categories=[*markers, "unknown"])
+        # only the labels given out, in the markers' order: scanpy and squidpy refuse empty categories
+        given = set(np.asarray(labels).tolist())
+        obs[f"{key_added}_label"] = pd.Categorical(labels, categories=[c for c in [*markers, "unknown"] if c in given])
         obs[f"{key_added}_confidence"] = confidence[domains].astype(np.float32)
         obsm[f"{key_added}_scores"] = pd.DataFrame(scores, index=table.obs_names, columns=list(markers))
         settings.update(
