@@ -22,22 +22,15 @@ import numpy as np
 import pandas as pd
 
 import histex as hx
-from histex._bench import gene_groups, load_dataset, spot_consistency
+from histex._bench import gene_groups, load_dataset, measured_spots, spot_consistency
 from histex.model.matching import SpotMatch
 from histex.model.predict import Block
 
 
-def matched(sdata, key: str):
-    """The table ``key`` (predicted with ``match_spots=False``) matched to its spots, as a new AnnData."""
-    from histex import _sdata
-    from histex.tl._sections import dense_counts
-
-    table = sdata.tables[key]
-    meta = table.uns["histex"]["data"]
-    spots = _sdata.read_spots(sdata, meta["spots_key"], meta["table_key"], meta["image_key"], meta["coordinate_system"])
-    counts = dense_counts(spots.table, list(table.var_names), _sdata.fitted_layer(table))
+def matched(table, spots):
+    """The table (predicted with ``match_spots=False``) matched to its spots (``measured_spots``), a new AnnData."""
     bin_rc = table.obs[["array_row", "array_col"]].to_numpy()
-    match = SpotMatch(spots.xy_px[:, ::-1] / float(meta["bin_px"]), float(meta["radius_bins"]), counts, bin_rc)
+    match = SpotMatch(spots.rc, spots.radius_bins, spots.counts, bin_rc)
     x = np.asarray(table.X)
     (block,) = match.blocks([Block(0, len(x), x, np.asarray(table.layers["std"]), np.zeros((len(x), 0)))])
     out = table.copy()
@@ -71,9 +64,10 @@ def main(argv=None) -> dict:
                 warnings.simplefilter("ignore", UserWarning)
                 hx.tl.super_resolve(sdata, genes=genes, epochs=args.epochs, n_states=args.states, seed=seed,
                                     match_spots=False, show_progress=False)  # fmt: skip
-            for when, table in (("before", sdata.tables["histex"]), ("after", matched(sdata, "histex"))):
+            spots = measured_spots(sdata, "histex", genes)
+            for when, table in (("before", sdata.tables["histex"]), ("after", matched(sdata.tables["histex"], spots))):
                 scores = hx.metrics.score(table, truth)
-                consistency = spot_consistency(sdata, "histex", table)
+                consistency = spot_consistency(spots, table)
                 parts = {"all": scores} | {
                     g: scores[groups.loc[scores.index].to_numpy() == g] for g in dict.fromkeys(groups)
                 }

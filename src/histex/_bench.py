@@ -7,6 +7,7 @@ import resource
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -234,22 +235,38 @@ def gene_groups(var: pd.DataFrame) -> np.ndarray:
     return np.where(names.isin(["Grad", "gradient"]), "gradient", kind).astype(object)
 
 
-def spot_consistency(sdata, reference: str, prediction) -> float:
-    """Mean over genes of the Pearson correlation over spots between what each spot measured and the prediction
-    summed over the bins of its disk (the disk of ``super_resolve``'s loss); the spots, their counts and the disk
-    are those of the ``super_resolve`` table ``reference``, whose bins ``prediction`` holds."""
+class MeasuredSpots(NamedTuple):
+    """The spots a ``super_resolve`` table was fitted on, in its bin coordinates, with their counts."""
+
+    rc: np.ndarray  # (n_spots, 2) centres (row, col) in bins
+    radius_bins: float
+    counts: np.ndarray  # (n_spots, n_genes) float64, the fitted layer
+
+
+def measured_spots(sdata, reference: str, genes) -> MeasuredSpots:
+    """The spots, disk radius and counts of ``genes`` (the fitted layer) of the ``super_resolve`` table
+    ``reference``, as its loss saw them."""
     from histex import _sdata
-    from histex.model.matching import disk_incidence
-    from histex.model.matching import spot_consistency as per_gene
     from histex.tl._sections import dense_counts
 
-    meta = sdata.tables[reference].uns["histex"]["data"]
+    table = sdata.tables[reference]
+    meta = table.uns["histex"]["data"]
     spots = _sdata.read_spots(sdata, meta["spots_key"], meta["table_key"], meta["image_key"], meta["coordinate_system"])
-    measured = dense_counts(spots.table, list(prediction.var_names), _sdata.fitted_layer(sdata.tables[reference]))
+    counts = dense_counts(spots.table, list(genes), _sdata.fitted_layer(table))
+    return MeasuredSpots(spots.xy_px[:, ::-1] / float(meta["bin_px"]), float(meta["radius_bins"]), counts)
+
+
+def spot_consistency(spots: MeasuredSpots, prediction) -> float:
+    """Mean over genes of the Pearson correlation over spots between what each spot measured and the prediction
+    summed over the bins of its disk (the disk of ``super_resolve``'s loss); ``prediction`` holds bins of the grid
+    and the genes of ``spots`` (:func:`measured_spots`), in that order."""
+    from histex.model.matching import disk_incidence
+    from histex.model.matching import spot_consistency as per_gene
+
     bin_rc = prediction.obs[["array_row", "array_col"]].to_numpy()
-    incidence = disk_incidence(spots.xy_px[:, ::-1] / float(meta["bin_px"]), float(meta["radius_bins"]), bin_rc)
+    incidence = disk_incidence(spots.rc, spots.radius_bins, bin_rc)
     x = prediction.X.toarray() if hasattr(prediction.X, "toarray") else np.asarray(prediction.X)
-    return float(np.nanmean(per_gene(incidence @ x.astype(np.float64), measured)))
+    return float(np.nanmean(per_gene(incidence @ x.astype(np.float64), spots.counts)))
 
 
 def run_benchmark(
@@ -316,7 +333,7 @@ def run_benchmark(
             genes = list(sdata.tables["table"].var_names)  # every gene, hidden ones too
             groups = pd.Series(gene_groups(truth.var), index=truth.var_names)
             hx.pp.extract_features(sdata, show_progress=show_progress)
-            reference = None
+            reference = spots = None
             for method in methods:
                 _reset_peak_rss()
                 start = time.perf_counter()
@@ -336,7 +353,9 @@ def run_benchmark(
                 seconds = time.perf_counter() - start
                 peak = _peak_rss_mb()
                 scores = hx.metrics.score(prediction, truth)
-                consistency = spot_consistency(sdata, reference, prediction)
+                if spots is None:  # read once per section, when a super-resolution table says which
+                    spots = measured_spots(sdata, reference, genes)
+                consistency = spot_consistency(spots, prediction[:, genes])
                 by_group = {"all": scores} | {
                     g: scores[groups.loc[scores.index].to_numpy() == g] for g in dict.fromkeys(groups)
                 }

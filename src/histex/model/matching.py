@@ -57,12 +57,19 @@ def spot_consistency(disk_sums: np.ndarray, measured: np.ndarray) -> np.ndarray:
     return pearson_per_gene(np.asarray(disk_sums, float), np.asarray(measured, float))
 
 
-def log_ratios(measured: np.ndarray, disk_sums: np.ndarray, pseudocount: float = PSEUDOCOUNT) -> np.ndarray:
+def log_ratios(
+    measured: np.ndarray, disk_sums: np.ndarray, pseudocount: float = PSEUDOCOUNT, *, offset: np.ndarray | None = None
+) -> np.ndarray:
     """``log((measured + a) / (disk_sums + a))`` per spot and gene, ``a`` = ``pseudocount`` times the gene's mean
-    measured count (at least 1e-6)."""
+    measured count (at least 1e-6), or ``offset`` (per gene) when given: for some of the spots, ``a`` of all."""
     measured = np.asarray(measured, float)
-    a = np.maximum(pseudocount * measured.mean(axis=0), 1e-6)
+    a = pseudocount_offset(measured, pseudocount) if offset is None else offset
     return np.log((measured + a) / (np.maximum(np.asarray(disk_sums, float), 0.0) + a))
+
+
+def pseudocount_offset(measured: np.ndarray, pseudocount: float = PSEUDOCOUNT) -> np.ndarray:
+    """The ``a`` of :func:`log_ratios`: ``pseudocount`` times each gene's mean measured count, at least 1e-6."""
+    return np.maximum(pseudocount * np.asarray(measured, float).mean(axis=0), 1e-6)
 
 
 def interpolation_weights(
@@ -102,9 +109,9 @@ def interpolation_weights(
             b = np.einsum("nij,nj->ni", t[:, :2], centres[inside] - t[:, 2])
             spots[inside] = tri.simplices[simplex[inside]]
             weights[inside] = np.column_stack([b, 1.0 - b.sum(axis=1)])
-    coo = incidence.tocsc()
-    in_disk = np.diff(coo.indptr) > 0
-    owner = coo.indices[coo.indptr[:-1][in_disk]]
+    by_bin = incidence.tocsc()  # canonical: each bin's spots in increasing order
+    in_disk = np.diff(by_bin.indptr) > 0
+    owner = by_bin.indices[by_bin.indptr[:-1][in_disk]]
     spots[in_disk] = owner[:, None]
     weights[in_disk] = (1.0, 0.0, 0.0)
     return spots, weights
@@ -148,7 +155,7 @@ class SpotMatch:
             raise ValueError("No spot's disk holds a predicted bin: there is nothing to match the bins to.")
         self.incidence = incidence[covers]
         self.measured = np.asarray(measured, float)[covers]
-        self.pseudocount = float(pseudocount)
+        self.offset = pseudocount_offset(self.measured, pseudocount)  # of all spots, once
         self.sums = np.zeros_like(self.measured)
         self.spots, self.weights = interpolation_weights(np.asarray(spot_rc)[covers], bin_rc, self.incidence)
         # a spot is summed once the last bin of its disk has come; a bin waits for the spots it takes
@@ -157,15 +164,15 @@ class SpotMatch:
         needs = np.where(self.weights > 0, last_bin[self.spots], -1).max(axis=1)
         self._ready_after = np.maximum.accumulate(needs) if len(needs) else needs
 
-    def ratios(self) -> np.ndarray:
-        """Log-ratios of the participating spots (``(n, genes)``), from the disk sums so far."""
-        return log_ratios(self.measured, self.sums, self.pseudocount)
+    def ratios(self, spots: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Log-ratios of the participating ``spots`` (default all; ``(n, genes)``), from the disk sums so far."""
+        return log_ratios(self.measured[spots], self.sums[spots], offset=self.offset)
 
     def factors(self, start: int, stop: int) -> np.ndarray:
         """Multiplicative factors of bins ``start:stop`` (their spots must be summed)."""
-        ratios = self.ratios()
         spots, weights = self.spots[start:stop], self.weights[start:stop]
-        field = np.einsum("nk,nkg->ng", weights, ratios[spots])
+        needed, local = np.unique(spots, return_inverse=True)  # only these spots' ratios, not the slide's
+        field = np.einsum("nk,nkg->ng", weights, self.ratios(needed)[local.reshape(spots.shape)])
         return np.exp(field).astype(np.float32)
 
     def blocks(self, blocks: Iterable) -> Iterator:

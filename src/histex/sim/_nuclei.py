@@ -194,7 +194,7 @@ def from_nuclei(
     )
     sdata.tables["truth"].uns["programmes"] = programmes
     # the truth says each gene's group; the spots, as measured, do not
-    var_truth = var.assign(group=pd.Categorical(groups, categories=list(GENE_GROUPS)))
-    sdata.tables["truth"].var["group"] = var_truth["group"].to_numpy()
-    add_truth_cells(sdata, polygons, cell_counts, mpp=mpp, var=var_truth, obs=cells_obs)
+    group = pd.Categorical(groups, categories=list(GENE_GROUPS))
+    sdata.tables["truth"].var["group"] = group
+    add_truth_cells(sdata, polygons, cell_counts, mpp=mpp, var=var.assign(group=group), obs=cells_obs)
     return sdata
