@@ -4,11 +4,13 @@
                                   [--seeds 0 1 2] [--epochs 60] [--states 3]
 
 For every section and seed of ``histex bench`` (:func:`histex._bench.load_dataset`, 60 genes, the HGSC sections
-with 8 clone and 8 gradient genes), ``super_resolve(match_spots=False)`` trains and predicts once; the bins are
-then matched to the spots with :class:`histex.model.matching.SpotMatch`, as ``match_spots=True`` does while it
-predicts. Both are scored against the truth per gene group (mean per-gene Pearson, SSIM, RMSE) with their spot
-consistency (:func:`histex._bench.spot_consistency`). Writes ``DIR/matching.json``: ``{section: {group:
-{"before": {...}, "after": {...}}}}``, means over seeds, and ``DIR/matching.csv`` per seed.
+with 8 clone and 8 gradient genes), a ``HistexModel("histex")`` is fitted once and predicts the section three
+times: ``before``, the network alone (``match_spots=False``); ``rescaled``, its bins matched to the spots with
+each gene's own predicted shape (``match_shapes=False``); ``after``, the default, each gene's shape chosen on the
+spots first (:class:`histex.model.matching.ShapeChoice`), then matched. Each is scored against the truth per
+gene group (mean per-gene Pearson, SSIM, RMSE) with its spot consistency
+(:func:`histex._bench.spot_consistency`). Writes ``DIR/matching.json``: ``{section: {group: {"before": {...},
+"rescaled": {...}, "after": {...}}}}``, means over seeds, and ``DIR/matching.csv`` per seed.
 """
 
 from __future__ import annotations
@@ -18,24 +20,13 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 import histex as hx
 from histex._bench import gene_groups, load_dataset, measured_spots, spot_consistency
-from histex.model.matching import SpotMatch
-from histex.model.predict import Block
 
-
-def matched(table, spots):
-    """The table (predicted with ``match_spots=False``) matched to its spots (``measured_spots``), a new AnnData."""
-    bin_rc = table.obs[["array_row", "array_col"]].to_numpy()
-    match = SpotMatch(spots.rc, spots.radius_bins, spots.counts, bin_rc)
-    x = np.asarray(table.X)
-    (block,) = match.blocks([Block(0, len(x), x, np.asarray(table.layers["std"]), np.zeros((len(x), 0)))])
-    out = table.copy()
-    out.X = block.mean
-    return out
+#: What each prediction does: (match_spots, match_shapes).
+STAGES = {"before": (False, False), "rescaled": (True, False), "after": (True, True)}
 
 
 def main(argv=None) -> dict:
@@ -60,12 +51,15 @@ def main(argv=None) -> dict:
             genes = list(sdata.tables["table"].var_names)
             groups = pd.Series(gene_groups(truth.var), index=truth.var_names)
             hx.pp.extract_features(sdata, show_progress=False)
+            model = hx.HistexModel("histex", epochs=args.epochs, n_states=args.states, seed=seed)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                hx.tl.super_resolve(sdata, genes=genes, epochs=args.epochs, n_states=args.states, seed=seed,
-                                    match_spots=False, show_progress=False)  # fmt: skip
-            spots = measured_spots(sdata, "histex", genes)
-            for when, table in (("before", sdata.tables["histex"]), ("after", matched(sdata.tables["histex"], spots))):
+                model.fit(sdata, genes=genes, show_progress=False)
+                for when, (match, shapes) in STAGES.items():
+                    model.predict(sdata, key_added=when, match_spots=match, match_shapes=shapes, show_progress=False)
+            spots = measured_spots(sdata, "after", genes)
+            for when in STAGES:
+                table = sdata.tables[when]
                 scores = hx.metrics.score(table, truth)
                 consistency = spot_consistency(spots, table)
                 parts = {"all": scores} | {
@@ -74,7 +68,7 @@ def main(argv=None) -> dict:
                 for group, part in parts.items():
                     rows.append({"section": name, "seed": seed, "when": when, "group": group,
                                  **hx.metrics.summarise(part), "spot_consistency": consistency})  # fmt: skip
-            print(pd.DataFrame(rows[-2 * len(parts) :]).round(4).to_string(index=False), flush=True)
+            print(pd.DataFrame(rows[-len(STAGES) * len(parts) :]).round(4).to_string(index=False), flush=True)
     frame = pd.DataFrame(rows)
     frame.to_csv(args.out / "matching.csv", index=False)
     means = frame.groupby(["section", "group", "when"], sort=False).mean(numeric_only=True).drop(columns="seed")

@@ -63,16 +63,18 @@ def test_transfer_benchmark_writes_the_keys_of_its_json(tmp_path):
 
 
 def test_matching_benchmark_scores_the_same_networks_before_and_after(tmp_path):
-    """benchmarks/matching.py on a small toy: per group, before and after matching, with the spot consistency."""
+    """benchmarks/matching.py on a small toy: per group, before matching, rescaled, and after (shapes chosen, then
+    rescaled), with the spot consistency."""
     module = benchmark_script("matching")
     args = ["--out", str(tmp_path), "--sections", "toy", "--seeds", "0", "--toy-size-um", "600", "--epochs", "2"]
     module.main([*args, "--states", "1", "--genes", "12"])
     report = json.loads((tmp_path / "matching.json").read_text())["toy"]
     assert list(report) == ["all", "visible", "clone", "gradient"]
     for group in report.values():
-        assert set(group) == {"before", "after"}
+        assert list(group) == ["before", "rescaled", "after"]
         assert set(group["after"]) == {"pearson", "ssim", "rmse", "spot_consistency"}
     # two epochs leave the network far from its spots; matched, every disk sums to about what its spot measured
     assert report["all"]["after"]["spot_consistency"] > 0.95 > report["all"]["before"]["spot_consistency"]
     assert report["clone"]["after"]["pearson"] > report["clone"]["before"]["pearson"] + 0.1
-    assert len(pd.read_csv(tmp_path / "matching.csv")) == 8
+    assert report["all"]["rescaled"]["spot_consistency"] > 0.95
+    assert len(pd.read_csv(tmp_path / "matching.csv")) == 12

@@ -15,7 +15,8 @@ from histex.model.checkpoint import Checkpoint
 from histex.model.features import standardised_with_position
 from histex.model.fit import bins_per_spot
 from histex.model.io import MANIFEST
-from histex.model.matching import SpotMatch
+from histex.model.matching import ShapeChoice, SpotMatch
+from histex.model.predict import predict_spots
 from histex.model.settings import HistexSettings
 
 FAST = {"epochs": 3, "n_states": 2}
@@ -74,10 +75,15 @@ def test_super_resolve_gives_the_numbers_of_the_array_pipeline(small_toy):
     settings = HistexSettings.preset("histex", epochs=2, n_states=2, precision="float32", seed=3, he_only="none")
     config = settings.fit_config(window=7, device="cpu", show_progress=False)
     ensemble, history = train(problem, config)
-    to_counts = scaler.block_to_counts_per_bin(bins_per_spot(problem, 7))
-    match = SpotMatch(spot_rc, 55 / 2 / 8, counts, np.column_stack(np.nonzero(tissue)))  # each disk to its spot
-    expected = predict(ensemble, problem, config, transform=to_counts, match=match)
+    per_spot = bins_per_spot(problem, 7)
+    to_counts = scaler.block_to_counts_per_bin(per_spot)
+    # each gene's shape chosen on the spots' windows predicted as at training, then each disk matched to its spot
+    windows = ((scaler.to_counts_per_bin(p, per_spot), d) for p, d in predict_spots(ensemble, problem, config))
+    shapes = ShapeChoice.fit(windows, counts, spot_rc, per_spot)
+    match = SpotMatch(spot_rc, 55 / 2 / 8, counts, np.column_stack(np.nonzero(tissue)))
+    expected = predict(ensemble, problem, config, transform=lambda m, s: shapes(*to_counts(m, s)), match=match)
     assert np.array_equal(np.asarray(table.X), expected.mean)
+    assert np.array_equal(table.var["shape_shared"].to_numpy(), shapes.shared.astype(np.float32))
     assert np.array_equal(np.asarray(table.layers["std"]), expected.spread)
     assert np.array_equal(table.uns["histex"]["history"]["loss"], history.loss)
 

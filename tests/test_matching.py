@@ -1,11 +1,23 @@
-"""Matching the predicted bins to the measured spots: disks, ratios, interpolation, and the streamed blocks."""
+"""Matching the predicted bins to the measured spots: disks, ratios, interpolation, the streamed blocks, and each
+gene's shape within a spot."""
 
 import itertools
 
 import numpy as np
 import pytest
 
-from histex.model.matching import SpotMatch, disk_incidence, interpolation_weights, log_ratios, spot_consistency
+from histex.model.matching import (
+    ShapeChoice,
+    SpotMatch,
+    disk_incidence,
+    interpolation_weights,
+    left_out_errors,
+    log_ratios,
+    mix_shapes,
+    shape_weights,
+    simplest_within,
+    spot_consistency,
+)
 from histex.model.predict import Block
 
 
@@ -106,3 +118,70 @@ def test_log_ratios_keep_a_spot_without_counts_finite_and_spots_off_tissue_out()
     assert len(match.spot_index) == len(spot_rc)
     with pytest.raises(ValueError, match="No spot's disk holds a predicted bin"):
         SpotMatch(np.array([[500.0, 500.0]]), 3.4375, np.ones((1, 1)), bin_rc)
+
+
+def test_shape_mixtures_run_from_the_gene_s_own_pattern_to_the_shared_one_and_none():
+    weights = shape_weights()
+    assert len(weights) == 15 and tuple(weights[0]) == (0.0, 0.0) and np.all(weights.sum(axis=1) <= 1)
+    rng = np.random.default_rng(0)
+    pred = rng.gamma(2.0, 1.0, (50, 4)).astype(np.float32)
+    mean = pred.mean(axis=0)
+    assert np.array_equal(mix_shapes(pred, mean, 0.0, 0.0), pred)  # exactly, not through logs
+    assert np.allclose(mix_shapes(pred, mean, 0.0, 1.0), mean)  # flat: the gene's mean in every bin
+    shared = mix_shapes(pred, mean, 1.0, 0.0)
+    profile = (pred / mean).mean(axis=1)
+    assert np.allclose(shared / shared[:, :1], (mean / mean[0])[None].repeat(50, axis=0))  # one pattern for all
+    assert np.allclose(shared[:, 0], profile * mean[0])
+    half = mix_shapes(pred, mean, 0.5, 0.0)[:, 1]
+    assert np.allclose(half, np.sqrt(pred[:, 1] / mean[1] * profile) * mean[1])  # geometric, in log space
+
+
+def test_left_out_errors_are_zero_where_the_disks_sum_to_the_spots_and_grow_with_noise():
+    _, spot_rc = lattice(60, 60)
+    rng = np.random.default_rng(1)
+    measured = rng.poisson(20.0, (len(spot_rc), 1)).astype(float)
+    offset = np.array([1.0])
+    assert left_out_errors(measured, measured, spot_rc, offset).shape == (len(spot_rc), 1)
+    assert left_out_errors(measured, measured, spot_rc, offset).max() == pytest.approx(0.0, abs=1e-12)
+    smooth = 20.0 * (1 + spot_rc[:, 1:] / 60)  # a gradient that the neighbours' ratios carry
+    noisy = smooth * rng.lognormal(0, 0.5, smooth.shape)
+    assert left_out_errors(smooth, smooth * 1.7, spot_rc, offset).mean() < 1e-3  # a constant ratio is predicted
+    assert left_out_errors(noisy, smooth, spot_rc, offset).mean() > 0.1
+
+
+def test_the_simplest_shape_within_half_a_standard_error_is_taken():
+    own = np.array([1.0, 0.5, 0.0])
+    mean = np.array([[1.00, 1.00, 1.00], [1.04, 0.90, 1.20], [1.08, 1.30, 1.04]])  # mixtures x genes
+    standard_error = np.full_like(mean, 0.1)
+    # within 0.05 of the least: gene 0 the half mixture (not the flat one, 0.08 above), gene 1 only its least,
+    # gene 2 the flat one
+    assert list(simplest_within(mean, standard_error, own)) == [1, 1, 2]
+    assert list(simplest_within(mean, standard_error, own, tolerance=0.0)) == [0, 1, 0]
+
+
+def test_each_gene_takes_the_shape_that_predicts_the_spots_it_did_not_see():
+    """Per spot window of 9 bins: cells (the shared pattern) vary from spot to spot and bin to bin. An image-borne gene measures what
+    its own prediction says; five clone-like genes measure the cells times a smooth field, their own predictions
+    are the cells times noise; a gene of tissue area measures a smooth field, its prediction is noise."""
+    _, spot_rc = lattice(80, 80)
+    rng = np.random.default_rng(2)
+    n, bins = len(spot_rc), 9
+    cells = rng.lognormal(0, 0.8, (n, 1)) * rng.lognormal(0, 0.5, (n, bins))  # denser at some spots than others
+    seen = cells * rng.lognormal(0, 1.0, (n, bins))  # a programme the image shows
+    field = 1 + spot_rc[:, 1] / 80  # smooth over the section
+    pred = np.concatenate([seen[..., None], cells[..., None] * rng.lognormal(0, 1.0, (n, bins, 5)),
+                           rng.lognormal(0, 1.0, (n, bins, 1))], axis=-1)  # fmt: skip
+    measured = np.column_stack([seen.sum(1), cells.sum(1)[:, None] * field[:, None] * np.ones(5), bins * field])
+    in_disk = np.ones((n, bins), bool)
+    windows = [(pred[i : i + 16], in_disk[i : i + 16]) for i in range(0, n, 16)]  # in chunks, in spot order
+    shapes = ShapeChoice.fit(windows, measured, spot_rc, bins)
+    own = 1 - shapes.shared - shapes.flat
+    assert own[0] == 1.0
+    assert np.all(shapes.shared[1:6] >= 0.5) and np.all(own[1:6] <= 0.25), shapes
+    assert shapes.flat[6] >= 0.75, shapes
+    assert np.allclose(shapes.gene_mean, measured.mean(axis=0) / bins)
+    mean, spread = pred[:4, 0], 0.1 * pred[:4, 0]
+    mixed, scaled = shapes(mean.astype(np.float32), spread.astype(np.float32))
+    assert np.allclose(scaled / mixed, 0.1, rtol=1e-5)  # the spread follows the mean
+    with pytest.raises(ValueError, match="cover 16 spots"):
+        ShapeChoice.fit(windows[:1], measured, spot_rc, bins)

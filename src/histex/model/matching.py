@@ -7,12 +7,16 @@ ratio, and the bins between disks by the ratios of the spots around them, linear
 the shape within a spot, the spots set the level, gene by gene. Arrays in, arrays out; :class:`SpotMatch` does it
 on the blocks of :func:`histex.model.predict_blocks` as they come, holding only the rows that wait for a spot
 below them.
+
+Where the image cannot tell a gene's pattern (a clone, a gradient, a gene every cell expresses), the network's
+pattern for it within a spot is noise. :class:`ShapeChoice` gives each gene the shape that best predicts spots it
+did not see: its own pattern, the pattern all genes share (where the cells are), none (flat), or a mixture.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,6 +24,12 @@ import scipy.sparse as sp
 #: Added to measured and predicted counts, as a share of the gene's mean count per spot, so that a spot that
 #: measured nothing of a rare gene does not set its ratio to zero (0.1 and 2 were less accurate on the benchmark).
 PSEUDOCOUNT = 0.5
+#: The shapes :class:`ShapeChoice` tries, in steps of a quarter between a gene's own pattern, the shared one and none.
+SHAPE_STEPS = 4
+#: The nearest other spots whose log-ratios predict a spot left out, in choosing shapes.
+LEFT_OUT_NEIGHBOURS = 6
+#: A gene keeps more of its own pattern only where that lowers the left-out error by this many standard errors.
+SIMPLER_WITHIN_SE = 0.5
 
 
 def disk_incidence(spot_rc: np.ndarray, radius_bins: float, bin_rc: np.ndarray) -> sp.csr_matrix:
@@ -222,3 +232,147 @@ def _take(pending: list, start: int, stop: int) -> tuple:
         np.concatenate([b.embedding for b in parts]),
     )
     return joined, rest
+
+
+def shape_weights(steps: int = SHAPE_STEPS) -> np.ndarray:
+    """The mixtures :class:`ShapeChoice` tries, ``(n, 2)`` weights ``(shared, flat)`` on a grid of ``1 / steps``
+    with ``shared + flat <= 1``; the first is ``(0, 0)``, the gene's own pattern."""
+    grid = np.arange(steps + 1) / steps
+    return np.array([(shared, flat) for shared in grid for flat in grid if shared + flat <= 1 + 1e-9])
+
+
+def log_relative(pred: np.ndarray, gene_mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each gene's log expression relative to its mean, ``(..., genes)``, and the shared pattern ``(..., 1)``: the log
+    of the mean over genes of the relative expression (genes with a mean above zero), where the cells are."""
+    mean = np.maximum(np.asarray(gene_mean, float), 1e-12)
+    relative = np.maximum(np.asarray(pred, float), 1e-6 * mean) / mean
+    used = np.asarray(gene_mean) > 0
+    shared = relative[..., used].mean(axis=-1, keepdims=True) if used.any() else np.ones(relative.shape[:-1] + (1,))
+    return np.log(relative), np.log(shared)
+
+
+def mix_shapes(
+    pred: np.ndarray, gene_mean: np.ndarray, shared: np.ndarray | float, flat: np.ndarray | float, logs=None
+) -> np.ndarray:
+    """Predictions ``(..., genes)`` with each gene's pattern over the bins mixed, in log space, with the shared
+    pattern (weight ``shared``) and with none (weight ``flat``); ``logs`` are :func:`log_relative`'s, if at hand.
+    A gene with both weights zero keeps its prediction exactly."""
+    log_own, log_shared = log_relative(pred, gene_mean) if logs is None else logs
+    own = 1.0 - np.asarray(shared) - np.asarray(flat)
+    mixed = np.exp(own * log_own + np.asarray(shared) * log_shared) * np.maximum(np.asarray(gene_mean, float), 1e-12)
+    return np.where(own == 1.0, pred, mixed)
+
+
+def left_out_errors(
+    disk_sums: np.ndarray, measured: np.ndarray, spot_rc: np.ndarray, offset: np.ndarray, k: int = LEFT_OUT_NEIGHBOURS
+) -> np.ndarray:
+    """How well disk sums and the log-ratios of the other spots predict each spot: per spot and gene, the squared
+    error in ``log(counts + offset)`` when a spot's ratio is the inverse-distance-weighted mean of its ``k`` nearest
+    other spots' (matching as if the spot had not been measured)."""
+    from scipy.spatial import cKDTree
+
+    k = min(k, len(spot_rc) - 1)
+    log_measured = np.log(np.asarray(measured, float) + offset)
+    log_sums = np.log(np.maximum(np.asarray(disk_sums, float), 0.0) + offset)
+    ratios = log_measured - log_sums
+    distance, neighbours = cKDTree(spot_rc).query(spot_rc, k + 1)
+    inverse = 1.0 / np.maximum(distance[:, 1:], 1e-9) ** 2
+    weights = inverse / inverse.sum(axis=1, keepdims=True)
+    predicted = np.maximum(log_sums + np.einsum("nk,nkg->ng", weights, ratios[neighbours[:, 1:]]), np.log(offset))
+    return (log_measured - predicted) ** 2
+
+
+def simplest_within(
+    mean: np.ndarray, standard_error: np.ndarray, own: np.ndarray, tolerance: float = SIMPLER_WITHIN_SE
+) -> np.ndarray:
+    """Per gene, the index of the mixture with the least own weight whose mean error is within ``tolerance``
+    standard errors (the least one's) of the least mean error, then the least error; ``mean`` and
+    ``standard_error`` ``(mixtures, genes)``, ``own`` ``(mixtures,)``.
+
+    Spots see a gene's pattern only summed over a disk, where the network's noise from bin to bin averages out;
+    the gene's own pattern must earn its place by predicting the spots clearly better than a simpler one.
+    """
+    genes = np.arange(mean.shape[1])
+    best = mean.argmin(axis=0)
+    within = mean <= (mean[best, genes] + tolerance * standard_error[best, genes])[None]
+    key = np.where(within, own[:, None] * (1.0 + mean.max()) + mean, np.inf)  # own weight first, then error
+    return key.argmin(axis=0)
+
+
+@dataclass(frozen=True)
+class ShapeChoice:
+    """Per gene, the shape its predictions take within a spot before they are matched to the spots.
+
+    A block transform (``(mean, spread) -> (mean, spread)``, counts per bin) for :func:`histex.model.predict`,
+    applied before :class:`SpotMatch`. ``shared`` and ``flat`` are each gene's weights (:func:`mix_shapes`); the
+    gene's own predicted pattern takes the rest. :meth:`fit` chooses them.
+    """
+
+    gene_mean: np.ndarray  # (genes,) mean count per bin, the spots' mean over the bins of a disk
+    shared: np.ndarray  # (genes,)
+    flat: np.ndarray  # (genes,)
+
+    @classmethod
+    def fit(
+        cls,
+        windows: Iterable[tuple[np.ndarray, np.ndarray]],
+        measured: np.ndarray,
+        spot_rc: np.ndarray,
+        bins_per_spot: float,
+        *,
+        pseudocount: float = PSEUDOCOUNT,
+        steps: int = SHAPE_STEPS,
+    ) -> ShapeChoice:
+        """Choose each gene's shape by how well it predicts the spots, each left out in turn.
+
+        Parameters
+        ----------
+        windows
+            In spot order, the predicted bins of spots' windows ``(n, window**2, genes)`` in counts per bin, made
+            without each spot's own measurement (:func:`histex.model.predict.predict_spots`), and which of them
+            lie in the spot's disk ``(n, window**2)``.
+        measured
+            ``(n_spots, genes)`` counts the spots measured.
+        spot_rc
+            ``(n_spots, 2)`` spot centres in bin coordinates.
+        bins_per_spot
+            Mean number of bins in a disk (to put the spots' means per bin).
+
+        Notes
+        -----
+        For every mixture of :func:`shape_weights`, each spot's disk sum is held against what it measured with the
+        ratio interpolated from its neighbours (:func:`left_out_errors`); each gene takes the mixture with the
+        least of its own pattern whose error is within half a standard error of the least
+        (:func:`simplest_within`). Holds ``len(shape_weights(steps))`` disk sums per spot and gene.
+        """
+        measured = np.asarray(measured, float)
+        gene_mean = measured.mean(axis=0) / bins_per_spot
+        weights = shape_weights(steps)
+        sums = np.zeros((len(weights), *measured.shape), np.float32)
+        covered = np.zeros(len(measured), bool)
+        start = 0
+        for pred, in_disk in windows:
+            stop = start + len(pred)
+            logs = log_relative(pred, gene_mean)
+            for i, (shared, flat) in enumerate(weights):
+                mixed = mix_shapes(pred, gene_mean, shared, flat, logs=logs)
+                sums[i, start:stop] = np.einsum("nb,nbg->ng", in_disk.astype(float), mixed)
+            covered[start:stop] = in_disk.any(axis=1)
+            start = stop
+        if start != len(measured):
+            raise ValueError(f"The windows cover {start} spots; {len(measured)} were measured.")
+        best = np.zeros(measured.shape[1], np.int64)  # the gene's own pattern, with too few spots to choose
+        if covered.sum() >= 3:
+            offset = pseudocount_offset(measured[covered], pseudocount)
+            rc = np.asarray(spot_rc, float)[covered]
+            mean, standard_error = np.zeros((2, *sums.shape[::2]))
+            for i, disk_sums in enumerate(sums):
+                errors = left_out_errors(disk_sums[covered], measured[covered], rc, offset)
+                mean[i], standard_error[i] = errors.mean(axis=0), errors.std(axis=0) / np.sqrt(len(errors))
+            best = simplest_within(mean, standard_error, 1.0 - weights.sum(axis=1))
+        return cls(gene_mean, weights[best, 0], weights[best, 1])
+
+    def __call__(self, mean: np.ndarray, spread: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mixed = mix_shapes(mean, self.gene_mean, self.shared, self.flat).astype(np.float32)
+        scale = np.divide(mixed, mean, out=np.ones_like(mixed), where=mean > 0)
+        return mixed, spread * scale

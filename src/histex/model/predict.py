@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from histex._device import resolve_device
 from histex.model.context import nearest_context
 from histex.model.ensemble import Ensemble, compute_dtype
-from histex.model.fit import FitConfig, Problem, _TokenGrid, embedding_dim, windows_per_step
+from histex.model.fit import FitConfig, Problem, SpotLoss, _TokenGrid, embedding_dim, windows_per_step
 
 if TYPE_CHECKING:
     from histex.model.matching import SpotMatch
@@ -134,6 +134,26 @@ def predict_blocks(ensemble: Ensemble, problem: Problem, config: FitConfig) -> I
             yield Block(band_start, done, *((acc[:n] / hits).numpy() for acc in band[:3]))
             band = [acc[n:] for acc in band]
             band_start = done
+
+
+@torch.no_grad()
+def predict_spots(ensemble: Ensemble, problem: Problem, config: FitConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Predict the bins of every spot's window as at training: each spot's own measurement left out of its context.
+
+    Yields, ``windows_per_step`` spots at a time in spot order, the median over states of the window's bins
+    ``(n, window**2, genes)`` in target units and which of them lie in the spot's disk ``(n, window**2)`` (bool).
+    What the network makes of a spot it cannot see, so that its disk sums can be held against the spots without
+    the spot's own counts leaking in through the context (:class:`histex.model.matching.ShapeChoice`).
+    """
+    device = resolve_device(config.device)
+    spot_loss = SpotLoss(problem, config, device)
+    ensemble.eval()
+    n_spots, step = len(problem.spot_rc), windows_per_step(config, device)
+    for start in range(0, n_spots, step):
+        spots = np.arange(start, min(start + step, n_spots))
+        preds, in_disk = spot_loss.window_outputs(ensemble, spots)
+        med = median_of_states(preds) if ensemble.n_states > 1 else preds[0]
+        yield med.cpu().numpy(), in_disk[0].cpu().numpy() > 0
 
 
 def _transformed(block: Block, transform) -> Block:

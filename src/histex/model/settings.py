@@ -82,6 +82,11 @@ class HistexSettings:
         Rescale the predicted bins, gene by gene, so that each spot's disk sums to what the spot measured, and the
         bins between disks by the ratios of the spots around them (:mod:`histex.model.matching`): the image sets
         the shape within a spot, the spots the level. Only where the section's spots are used.
+    match_shapes
+        With ``match_spots``, first give each gene the shape within a spot that best predicts spots it did not see:
+        its own predicted pattern, the pattern all genes share, none, or a mixture
+        (:class:`histex.model.matching.ShapeChoice`). A gene the image cannot tell (a clone, a gradient) takes
+        where the cells are instead of the network's noise.
     dim, heads
         Embedding size and attention heads of the fusion blocks.
     seed
@@ -111,6 +116,7 @@ class HistexSettings:
     he_only: str = "image_states"
     context_withheld: float = 0.25
     match_spots: bool = True
+    match_shapes: bool = True
     dim: int = 128
     heads: int = 8
     seed: int = 0

@@ -17,8 +17,8 @@ from histex.model.checkpoint import Checkpoint
 from histex.model.ensemble import Ensemble, compute_dtype
 from histex.model.features import fit_scaling, tissue_moments, tokens
 from histex.model.fit import FitConfig, bins_per_spot, default_batch_size, embedding_dim, resolve_device, train
-from histex.model.matching import SpotMatch, spot_consistency
-from histex.model.predict import predict
+from histex.model.matching import ShapeChoice, SpotMatch, spot_consistency
+from histex.model.predict import predict, predict_spots
 from histex.model.settings import PRESETS, HistexSettings
 from histex.tl import _trained as model_folder
 from histex.tl._bins_output import BinsOutput, check_output_keys, plain, versions, wants_store
@@ -383,6 +383,7 @@ class HistexModel:
         use_spots: bool | str = "auto",
         refit_readout: bool | None = None,
         match_spots: bool | None = None,
+        match_shapes: bool | None = None,
         to_store: bool | None = None,
         layer: str | None = None,
         image_key: str | None = None,
@@ -423,6 +424,11 @@ class HistexModel:
             Match the predicted bins to the section's spots, gene by gene (see
             :func:`histex.tl.super_resolve`); ``None``: the model's setting (``settings.match_spots``). Only
             with the spots.
+        match_shapes
+            Before matching, give each gene the shape within a spot that best predicts the spots it did not see
+            (:class:`histex.model.matching.ShapeChoice`); ``None``: the model's setting
+            (``settings.match_shapes``). The table's ``var["shape_own"]`` and ``var["shape_shared"]`` give each
+            gene's weights of its own predicted pattern and of the pattern all genes share (the rest: none).
         to_store
             Write into ``sdata``'s zarr store chunk by chunk (``None``: when ``sdata`` is backed).
         layer
@@ -472,9 +478,10 @@ class HistexModel:
             network = network._replace(ensemble=refitted, readout=fit.summary())
             timer.lap("readout")
         match = self.settings.match_spots if match_spots is None else bool(match_spots)
+        shapes = self.settings.match_shapes if match_shapes is None else bool(match_shapes)
         return self._write(
             sdata, inputs, problem, network, key_added=key_added, to_store=to_store, timer=timer,
-            counts=counts if match else None,
+            counts=counts if match else None, shapes=shapes,
         )  # fmt: skip
 
     def _read_section(self, sdata, *, use_spots: bool, **keys) -> SectionInputs:
@@ -541,8 +548,9 @@ class HistexModel:
         config = self._config(t.window, device, show_progress)
         return _Network(t.ensemble.to(device), config, how, bool(use_spots))
 
-    def _write(self, sdata, inputs, problem, network, *, key_added, to_store, timer, counts=None) -> str:
-        """Predict the section into its output; ``counts`` (the spots' measured counts) match the bins to them."""
+    def _write(self, sdata, inputs, problem, network, *, key_added, to_store, timer, counts=None, shapes=None) -> str:
+        """Predict the section into its output; ``counts`` (the spots' measured counts) match the bins to them, each
+        gene's shape first chosen on the spots with ``shapes`` (default: the settings)."""
         t = self._trained
         ensemble, config = network.ensemble, network.config
         per_spot = bins_per_spot(problem, t.window) if len(problem.spot_rc) else t.bins_per_spot
@@ -563,20 +571,28 @@ class HistexModel:
             # Into the output's arrays block by block (in memory, or the store's chunks): the slide's predictions
             # exist once. Nothing shows in sdata until finish(); a failure removes what was staged in the store.
             to_counts = t.scaler.block_to_counts_per_bin(per_spot)
-            match = None
+            match = choice = None
             if network.use_spots and counts is not None:
+                if self.settings.match_shapes if shapes is None else shapes:
+                    choice = self._shapes(ensemble, problem, config, counts, per_spot)
+                    timer.lap("shapes")
                 # in counts, as the blocks come: each disk's bins sum to what its spot measured
                 bin_rc = np.column_stack([tissue_rows, tissue_cols])
                 match = SpotMatch(problem.spot_rc, problem.radius_bins, counts, bin_rc)
-            predict(ensemble, problem, config, transform=to_counts, out=output.open(), match=match)
+            transform = to_counts if choice is None else _then(to_counts, choice)
+            predict(ensemble, problem, config, transform=transform, out=output.open(), match=match)
             if match is not None:
                 # how well the network alone explained each gene's spots, before they set its level
                 output.var["spot_consistency"] = spot_consistency(match.sums, match.measured).astype(np.float32)
+            if choice is not None:
+                output.var["shape_own"] = (1.0 - choice.shared - choice.flat).astype(np.float32)
+                output.var["shape_shared"] = choice.shared.astype(np.float32)
             timer.lap("predict")
             output.write_bins()
             timer.lap("write")
             meta = self._meta(inputs, problem, network, per_spot, to_store=to_store)
             meta["params"]["match_spots"] = match is not None  # what was done, not only what the settings say
+            meta["params"]["match_shapes"] = choice is not None
             meta["timings"] = dict(timer.timings)
             output.finish(plain(meta))
         except BaseException:
@@ -584,6 +600,12 @@ class HistexModel:
             raise
         logger.info("Wrote shapes %r and table %r (%d bins x %d genes).", output.bins_key, key_added, *output.shape)
         return key_added
+
+    def _shapes(self, ensemble, problem, config, counts, per_spot) -> ShapeChoice:
+        """Each gene's shape within a spot, chosen on the spots' windows predicted as at training."""
+        to_counts = self._trained.scaler.to_counts_per_bin
+        windows = ((to_counts(pred, per_spot), in_disk) for pred, in_disk in predict_spots(ensemble, problem, config))
+        return ShapeChoice.fit(windows, counts, problem.spot_rc, per_spot)
 
     def _meta(self, inputs, problem, network: _Network, per_spot, *, to_store) -> dict:
         """``uns["histex"]`` of a predicted table: the settings, the section, the network and the training."""
@@ -691,6 +713,11 @@ class _Timer:
         now = time.perf_counter()
         self.timings[stage] = round(self.timings.get(stage, 0.0) + now - self._clock, 3)
         self._clock = now
+
+
+def _then(first, second):
+    """The block transform ``second(*first(mean, spread))``."""
+    return lambda mean, spread: second(*first(mean, spread))
 
 
 def _as_list(sdata) -> list:
