@@ -75,15 +75,25 @@ def test_super_resolve_gives_the_numbers_of_the_array_pipeline(small_toy):
     settings = HistexSettings.preset("histex", epochs=2, n_states=2, precision="float32", seed=3, he_only="none")
     config = settings.fit_config(window=7, device="cpu", show_progress=False)
     ensemble, history = train(problem, config)
+    to_counts = scaler.block_to_counts_per_bin(bins_per_spot(problem, 7))
+    match = SpotMatch(spot_rc, 55 / 2 / 8, counts, np.column_stack(np.nonzero(tissue)))  # each disk to its spot
+    expected = predict(ensemble, problem, config, transform=to_counts, match=match)
+    assert np.array_equal(np.asarray(table.X), expected.mean)
+    assert "shape_own" not in table.var  # the shapes are chosen only when asked for
+
+    # with match_shapes, each gene's shape is chosen on the spots' windows predicted as at training, then matched
+    settings = {k: v for k, v in kw.items() if k != "genes"}
+    model = hx.HistexModel(**settings, he_only="none", match_shapes=True)
+    model.fit_predict(sdata, genes=kw["genes"], key_added="shaped", **QUIET)
+    shaped = sdata.tables["shaped"]
     per_spot = bins_per_spot(problem, 7)
-    to_counts = scaler.block_to_counts_per_bin(per_spot)
-    # each gene's shape chosen on the spots' windows predicted as at training, then each disk matched to its spot
     windows = ((scaler.to_counts_per_bin(p, per_spot), d) for p, d in predict_spots(ensemble, problem, config))
     shapes = ShapeChoice.fit(windows, counts, spot_rc, per_spot)
     match = SpotMatch(spot_rc, 55 / 2 / 8, counts, np.column_stack(np.nonzero(tissue)))
-    expected = predict(ensemble, problem, config, transform=lambda m, s: shapes(*to_counts(m, s)), match=match)
-    assert np.array_equal(np.asarray(table.X), expected.mean)
-    assert np.array_equal(table.var["shape_shared"].to_numpy(), shapes.shared.astype(np.float32))
+    expected_shaped = predict(ensemble, problem, config, transform=lambda m, s: shapes(*to_counts(m, s)), match=match)
+    assert np.array_equal(np.asarray(shaped.X), expected_shaped.mean)
+    assert np.array_equal(shaped.var["shape_shared"].to_numpy(), shapes.shared.astype(np.float32))
+    assert shaped.uns["histex"]["params"]["match_shapes"] and not table.uns["histex"]["params"]["match_shapes"]
     assert np.array_equal(np.asarray(table.layers["std"]), expected.spread)
     assert np.array_equal(table.uns["histex"]["history"]["loss"], history.loss)
 
