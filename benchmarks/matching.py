@@ -6,8 +6,8 @@
 For every section and seed of ``histex bench`` (:func:`histex._bench.load_dataset`, 60 genes, the HGSC sections
 with 8 clone and 8 gradient genes), a ``HistexModel("histex")`` is fitted once and predicts the section three
 times: ``before``, the network alone (``match_spots=False``); ``rescaled``, its bins matched to the spots with
-each gene's own predicted shape (``match_shapes=False``); ``after``, the default, each gene's shape chosen on the
-spots first (:class:`histex.model.matching.ShapeChoice`), then matched. Each is scored against the truth per
+each gene's own predicted shape (``match_shapes=False``, the default); ``after``, each gene's shape chosen on the
+spots first (``match_shapes=True``, :class:`histex.model.matching.ShapeChoice`), then matched. Each is scored against the truth per
 gene group (mean per-gene Pearson, SSIM, RMSE) with its spot consistency
 (:func:`histex._bench.spot_consistency`). Writes ``DIR/matching.json``: ``{section: {group: {"before": {...},
 "rescaled": {...}, "after": {...}}}}``, means over seeds, and ``DIR/matching.csv`` per seed.

@@ -353,10 +353,11 @@ class ShapeChoice:
         start = 0
         for pred, in_disk in windows:
             stop = start + len(pred)
-            logs = log_relative(pred, gene_mean)
+            logs, disk = log_relative(pred, gene_mean), in_disk.astype(float)
             for i, (shared, flat) in enumerate(weights):
-                mixed = mix_shapes(pred, gene_mean, shared, flat, logs=logs)
-                sums[i, start:stop] = np.einsum("nb,nbg->ng", in_disk.astype(float), mixed)
+                sums[i, start:stop] = np.einsum(
+                    "nb,nbg->ng", disk, mix_shapes(pred, gene_mean, shared, flat, logs=logs)
+                )
             covered[start:stop] = in_disk.any(axis=1)
             start = stop
         if start != len(measured):

@@ -478,10 +478,9 @@ class HistexModel:
             network = network._replace(ensemble=refitted, readout=fit.summary())
             timer.lap("readout")
         match = self.settings.match_spots if match_spots is None else bool(match_spots)
-        shapes = self.settings.match_shapes if match_shapes is None else bool(match_shapes)
         return self._write(
             sdata, inputs, problem, network, key_added=key_added, to_store=to_store, timer=timer,
-            counts=counts if match else None, shapes=shapes,
+            counts=counts if match else None, shapes=match_shapes,
         )  # fmt: skip
 
     def _read_section(self, sdata, *, use_spots: bool, **keys) -> SectionInputs:
@@ -573,7 +572,7 @@ class HistexModel:
             to_counts = t.scaler.block_to_counts_per_bin(per_spot)
             match = choice = None
             if network.use_spots and counts is not None:
-                if self.settings.match_shapes if shapes is None else shapes:
+                if self.settings.match_shapes if shapes is None else bool(shapes):
                     choice = self._shapes(ensemble, problem, config, counts, per_spot)
                     timer.lap("shapes")
                 # in counts, as the blocks come: each disk's bins sum to what its spot measured
