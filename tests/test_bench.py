@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -46,6 +47,31 @@ def test_bench_refuses_unknown_methods_and_datasets(tmp_path):
         load_dataset("nope")
     with pytest.raises(FileNotFoundError, match="hgsc_nest needs"):
         load_dataset("hgsc_nest", data_dir=tmp_path)
+
+
+def test_bench_command_without_data_runs_the_toy_and_says_what_it_skipped(tmp_path, capsys):
+    """As a new user runs it: no --data-dir. The toy runs; the HGSC sections are skipped, each with its files."""
+    from histex.cli import main
+
+    run = ["bench", "--methods", "linear", "--seeds", "0", "--genes", "20", "--quiet"]
+    assert main([*run, "--out", str(tmp_path / "all")]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped hgsc_nest needs hgsc_nest.jpg and hgsc_nest.parquet (no data folder given)" in printed
+    assert "skipped hgsc_wsi needs hgsc_nuclei_wsi.parquet and hgsc_tissue_wsi.parquet" in printed
+    results = pd.read_csv(tmp_path / "all" / "results.csv")
+    assert set(results["dataset"]) == {"toy"} and results["pearson"].gt(0.2).all()
+    # named by the user, a section without its files is refused before any work, without a traceback
+    absent = re.escape(f"hgsc_nest needs hgsc_nest.jpg and hgsc_nest.parquet (not in {tmp_path}). Give the folder")
+    for extra, message in [
+        (["--datasets", "toy", "hgsc_nest", "--data-dir", str(tmp_path)], absent),
+        (["--datasets", "nest"], "unknown datasets \\['nest'\\]"),
+        (["--methods", "magic"], "unknown methods \\['magic'\\]"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main([*run, "--out", str(tmp_path / "named"), *extra])
+        assert exit_info.value.code == 2
+        assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "named").exists()
 
 
 def test_transfer_benchmark_writes_the_keys_of_its_json(tmp_path):

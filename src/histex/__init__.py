@@ -23,6 +23,7 @@ _SUBMODULES = (
     "nn",
     "sim",
     "gene_sets",
+    "spaceranger",
 )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "pl",
     "pp",
     "sim",
+    "spaceranger",
     "tl",
 ]
 

@@ -44,6 +44,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+#: The files of ``data_dir`` that each section beyond the toy reads.
+DATA_FILES = {
+    "hgsc_nest": ("hgsc_nest.jpg", "hgsc_nest.parquet"),
+    "hgsc_wsi": ("hgsc_nuclei_wsi.parquet", "hgsc_tissue_wsi.parquet"),
+}
+
+
+def missing_data(name: str, data_dir: str | Path | None) -> str | None:
+    """Why section ``name`` cannot be built from ``data_dir`` (the files it lacks), or ``None`` when it can."""
+    absent = [f for f in DATA_FILES.get(name, ()) if data_dir is None or not (Path(data_dir) / f).is_file()]
+    if not absent:
+        return None
+    where = "no data folder given" if data_dir is None else f"not in {data_dir}"
+    return f"{name} needs {' and '.join(absent)} ({where})"
+
+
 def load_dataset(
     name: str,
     *,
@@ -69,28 +85,28 @@ def load_dataset(
 
     if name == "toy":
         return hx.datasets.toy(size_um=toy_size_um, n_genes=n_genes, seed=seed)
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; available: {', '.join(DATASETS)}.")
+    if (reason := missing_data(name, data_dir)) is not None:
+        raise FileNotFoundError(f"{reason}.")
+    data_dir = Path(data_dir)
     if name == "hgsc_nest":
         import geopandas as gpd
         from PIL import Image
 
-        if data_dir is None or not (data_dir / "hgsc_nest.jpg").is_file():
-            raise FileNotFoundError(f"hgsc_nest needs hgsc_nest.jpg and hgsc_nest.parquet in data_dir={data_dir}.")
         image = np.asarray(Image.open(data_dir / "hgsc_nest.jpg").convert("RGB"))
         nuclei = gpd.read_parquet(data_dir / "hgsc_nest.parquet")
         return hx.sim.from_nuclei(image, nuclei, mpp=0.5, seed=seed, **nuclei_genes)
-    if name == "hgsc_wsi":
-        from histex.sim._paint import _read_crop
+    # hgsc_wsi
+    from histex.sim._paint import _read_crop
 
-        files = ["hgsc_nuclei_wsi.parquet", "hgsc_tissue_wsi.parquet"]
-        if data_dir is None or not all((data_dir / f).is_file() for f in files):
-            raise FileNotFoundError(f"hgsc_wsi needs {' and '.join(files)} in data_dir={data_dir}.")
-        # Nuclei are the size of hgsc_nest's (same source), whose inflammatory nuclei are ~15 px: 0.5 µm/px.
-        nuclei, tissue, window = _read_crop(data_dir / files[0], data_dir / files[1], size_px=wsi_size_px)
-        image = hx.sim.paint_he(nuclei, tissue, bounds=(0, 0, wsi_size_px, wsi_size_px), mpp=0.5, seed=seed)
-        sdata = hx.sim.from_nuclei(image, nuclei, mpp=0.5, seed=seed, **nuclei_genes)
-        sdata.tables["truth"].uns["window_px"] = np.asarray(window)
-        return sdata
-    raise ValueError(f"Unknown dataset {name!r}; available: {', '.join(DATASETS)}.")
+    files = DATA_FILES[name]
+    # Nuclei are the size of hgsc_nest's (same source), whose inflammatory nuclei are ~15 px: 0.5 µm/px.
+    nuclei, tissue, window = _read_crop(data_dir / files[0], data_dir / files[1], size_px=wsi_size_px)
+    image = hx.sim.paint_he(nuclei, tissue, bounds=(0, 0, wsi_size_px, wsi_size_px), mpp=0.5, seed=seed)
+    sdata = hx.sim.from_nuclei(image, nuclei, mpp=0.5, seed=seed, **nuclei_genes)
+    sdata.tables["truth"].uns["window_px"] = np.asarray(window)
+    return sdata
 
 
 def load_family(

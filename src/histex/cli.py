@@ -1,4 +1,4 @@
-"""Command line: ``histex demo`` and ``histex bench``."""
+"""Command line: ``histex demo``, ``histex run`` and ``histex bench``."""
 
 from __future__ import annotations
 
@@ -19,11 +19,32 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    run = sub.add_parser("run", help="a Visium section from Space Ranger's outs/ and its H&E -> SAMPLE.zarr + report")
+    run.add_argument("outs", help="the outs/ folder of spaceranger count")
+    run.add_argument("--image", required=True, help="the full-resolution H&E passed to spaceranger count --image")
+    run.add_argument("--out", required=True, help="the zarr store to write, e.g. SAMPLE.zarr (report: SAMPLE_report/)")
+    run.add_argument(
+        "--model", default="texture", help="feature encoder (histex.pp.available_models(); default: texture)"
+    )
+    run.add_argument("--weights", default=None, help="the encoder's weights file (foundation models)")
+    run.add_argument("--genes", nargs="+", default=None, help="genes to predict (default: 1000 highly variable ones)")
+    run.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    run.add_argument("--model-dir", default=None, help="predict with a saved HistexModel instead of training")
+    run.add_argument("--domains", type=int, default=None, help="find this many tissue domains on the bins")
+    run.add_argument("--epochs", type=int, default=None, help="training epochs per ensemble state (default: 60)")
+    run.add_argument("--n-states", type=int, default=5, help="ensemble states (default: 5)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--overwrite", action="store_true", help="replace an existing store and report")
+    run.add_argument("--quiet", action="store_true")
     bench = sub.add_parser("bench", help="every method on sections with known truth: results.csv, results.png")
     bench.add_argument("--out", default="histex_bench", help="output folder (default: histex_bench)")
-    bench.add_argument("--datasets", nargs="+", default=None, help="toy, hgsc_nest, hgsc_wsi (default: all)")
+    bench.add_argument(
+        "--datasets", nargs="+", default=None, help="toy, hgsc_nest, hgsc_wsi (default: all whose files are found)"
+    )
     bench.add_argument("--methods", nargs="+", default=None, help="default: all")
-    bench.add_argument("--data-dir", default=None, help="folder with the hgsc_nest and hgsc_*_wsi files")
+    bench.add_argument(
+        "--data-dir", default=None, help="folder with the hgsc_nest and hgsc_*_wsi files (without it: the toy only)"
+    )
     bench.add_argument("--wsi-size-px", type=int, default=6000, help="edge of the hgsc_wsi crop (0.5 µm px)")
     bench.add_argument("--genes", type=int, default=60)
     bench.add_argument("--epochs", type=int, default=60, help="epochs of every super-resolution variant")
@@ -47,12 +68,35 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             show_progress=not args.quiet,
         )
-    elif args.command == "bench":
-        from histex._bench import DATASETS, METHODS, run_bench_command
+    elif args.command == "run":
+        from histex._run import BadInput, run_section
 
+        try:
+            run_section(
+                args.outs, args.image, args.out, model=args.model, weights=args.weights, genes=args.genes,
+                device=args.device, model_dir=args.model_dir, n_domains=args.domains, epochs=args.epochs,
+                n_states=args.n_states, seed=args.seed, overwrite=args.overwrite, show_progress=not args.quiet,
+            )  # fmt: skip
+        except BadInput as error:  # named before any work: no traceback
+            parser.exit(2, f"histex run: error: {error}\n")
+    elif args.command == "bench":
+        from histex._bench import DATASETS, METHODS, missing_data, run_bench_command
+
+        unknown = sorted(set(args.datasets or ()) - set(DATASETS))
+        if unknown:
+            parser.error(f"unknown datasets {unknown}; available: {', '.join(DATASETS)}")
+        unknown = sorted(set(args.methods or ()) - set(METHODS))
+        if unknown:
+            parser.error(f"unknown methods {unknown}; available: {', '.join(METHODS)}")
+        missing = {name: missing_data(name, args.data_dir) for name in args.datasets or DATASETS}
+        missing = {name: reason for name, reason in missing.items() if reason is not None}
+        if args.datasets and missing:  # named by the user: refuse before any work
+            parser.error("; ".join(missing.values()) + ". Give the folder of these files with --data-dir.")
+        for reason in missing.values():
+            print(f"skipped {reason}; give the folder of these files with --data-dir", flush=True)
         run_bench_command(
             args.out,
-            datasets=args.datasets or DATASETS,
+            datasets=[name for name in args.datasets or DATASETS if name not in missing],
             methods=args.methods or METHODS,
             data_dir=args.data_dir,
             n_genes=args.genes,

@@ -85,6 +85,12 @@ class HistexModel:
         return list(self._need_trained().genes)
 
     @property
+    def encoder(self) -> dict:
+        """What :func:`histex.pp.extract_features` recorded of the features the model was trained on (``model``,
+        ``weights_digest``, ``bin_size_um``, ...): a section to predict needs features extracted the same way."""
+        return dict(self._need_trained().encoder or {})
+
+    @property
     def history(self):
         """The training loss per state and epoch (and on held-out spots), as a :class:`pandas.DataFrame`:
         columns ``state``, ``epoch``, ``loss``, ``validation``."""

@@ -1,0 +1,166 @@
+"""``histex run``: one Visium section from Space Ranger's files to a SpatialData zarr store and a small report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from histex._demo import peak_rss_mb
+from histex.model.io import MANIFEST
+
+logger = logging.getLogger(__name__)
+
+#: Genes drawn in the report's figure: the most expressed of the prediction.
+REPORT_GENES = 4
+
+
+class BadInput(ValueError):
+    """An input of :func:`run_section` that is wrong, found before any work (the message names the fix)."""
+
+
+def report_folder(out: Path) -> Path:
+    """Where the report of the store ``out`` goes: beside it, ``SAMPLE_report`` for ``SAMPLE.zarr``."""
+    return out.with_name(f"{out.name.removesuffix('.zarr')}_report")
+
+
+def run_section(
+    outs: str | Path,
+    image: str | Path,
+    out: str | Path,
+    *,
+    model: str = "texture",
+    weights: str | Path | None = None,
+    genes: list[str] | None = None,
+    device: str | None = None,
+    model_dir: str | Path | None = None,
+    n_domains: int | None = None,
+    epochs: int | None = None,
+    n_states: int = 5,
+    seed: int = 0,
+    overwrite: bool = False,
+    show_progress: bool = True,
+    echo=print,
+) -> dict:
+    """Features, super-resolution (trained on the section's spots, or a saved model's prediction) and optionally
+    domains for one section; writes the zarr store ``out`` and ``SAMPLE_report/`` (``report.json``, ``genes.png``,
+    ``domains.png``).
+
+    The store and the report are written under temporary names and renamed when complete: each is there whole or
+    not at all. Everything a user can get wrong (the folder, the image, the saved model, the encoder, the output)
+    is checked before any work and raised as :class:`BadInput`. Returns the report: settings, counts, seconds per stage and peak RSS in MiB.
+    """
+    import matplotlib.pyplot as plt
+
+    import histex as hx
+    from histex.spaceranger import check_outs, read_visium
+
+    out = Path(out)
+    report_dir = report_folder(out)
+    try:
+        for path in (out, report_dir):
+            if path.exists() and not overwrite:
+                raise FileExistsError(f"{path} exists: remove it or pass overwrite=True (--overwrite).")
+        if n_domains is not None and (int(n_domains) != n_domains or n_domains < 2):
+            raise ValueError(f"n_domains must be a whole number of 2 or more, got {n_domains!r}.")
+        check_outs(outs, image)
+        if model_dir is not None and not (Path(model_dir) / MANIFEST).is_file():
+            raise FileNotFoundError(f"{model_dir} is not a saved model (no {MANIFEST}): give a folder written by "
+                                    "HistexModel.save.")  # fmt: skip
+        saved = hx.HistexModel.load(model_dir, device=device) if model_dir is not None else None
+        model = saved.encoder.get("model", model) if saved is not None else model  # features as the model's were
+        if model not in hx.pp.available_models():
+            raise ValueError(f"Unknown encoder {model!r}; available: {', '.join(hx.pp.available_models())}.")
+    except (OSError, ValueError) as error:
+        raise BadInput(str(error)) from error
+
+    seconds: dict[str, float] = {}
+
+    def stage(name: str, start: float) -> None:
+        seconds[name] = round(time.perf_counter() - start, 2)
+        echo(f"  {name:<16s} {seconds[name]:8.2f} s")
+
+    echo(f"histex run: {outs} with {image} -> {out}")
+    t = time.perf_counter()
+    sdata = read_visium(outs, image, dataset_id=out.name.removesuffix(".zarr"))
+    stage("read", t)
+    t = time.perf_counter()
+    hx.pp.extract_features(sdata, model=model, weights=weights, device=device, show_progress=show_progress)
+    stage("features", t)
+    t = time.perf_counter()
+    if saved is not None:
+        saved.predict(sdata, key_added="histex", device=device, show_progress=show_progress)
+    else:
+        hx.tl.super_resolve(
+            sdata, genes=genes, epochs=epochs, n_states=n_states, seed=seed, device=device, key_added="histex",
+            show_progress=show_progress,
+        )  # fmt: skip
+    stage("super_resolve" if saved is None else "predict", t)
+    if n_domains is not None:
+        t = time.perf_counter()
+        hx.tl.annotate(sdata, n_domains=int(n_domains))
+        stage("domains", t)
+
+    t = time.perf_counter()
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    with warnings.catch_warnings():  # zarr's notice about a future default, not about this data
+        warnings.filterwarnings("ignore", message=".*autosharding.*")
+        sdata.write(staging)
+    _replace(staging, out)
+    stage("write zarr", t)
+
+    table = sdata.tables["histex"]
+    report_staging = report_dir.with_name(f".{report_dir.name}.partial")
+    shutil.rmtree(report_staging, ignore_errors=True)
+    report_staging.mkdir(parents=True)
+    t = time.perf_counter()
+    means = np.asarray(table.X.mean(axis=0)).ravel()
+    shown = list(table.var_names[np.argsort(-means)[:REPORT_GENES]])
+    plt.close(hx.pl.genes(sdata, shown, table_key="histex", save=report_staging / "genes.png"))
+    if n_domains is not None:
+        plt.close(hx.pl.domains(sdata, save=report_staging / "domains.png"))
+    stage("figures", t)
+    spots = sdata.tables["table"]
+    report = {
+        "outs": str(outs),
+        "image": str(image),
+        "out": str(out),
+        "settings": {
+            "model": model,
+            "weights": None if weights is None else str(weights),
+            "device": device,
+            "model_dir": None if model_dir is None else str(model_dir),
+            "n_domains": n_domains,
+            "epochs": epochs,
+            "n_states": n_states,
+            "seed": seed,
+        },
+        "counts": {
+            "spots": int(spots.n_obs),
+            "spot_genes": int(spots.n_vars),
+            "bins": int(table.n_obs),
+            "genes": int(table.n_vars),
+            "domains": None if n_domains is None else int(table.obs["domain"].nunique()),
+        },
+        "genes_shown": shown,
+        "seconds": seconds,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    (report_staging / "report.json").write_text(json.dumps(report, indent=2))
+    _replace(report_staging, report_dir)
+    echo(f"wrote {out} ({table.n_obs} bins x {table.n_vars} genes) and {report_dir}; peak RSS "
+         f"{report['peak_rss_mb']:.0f} MiB")  # fmt: skip
+    return report
+
+
+def _replace(staging: Path, final: Path) -> None:
+    """Move a complete folder into place, over an older one (``overwrite`` was checked before any work)."""
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
