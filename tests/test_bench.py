@@ -1,23 +1,13 @@
 """The accuracy benchmark runs every kind of method and writes its table and figure."""
 
-import importlib.util
 import json
 import re
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from scripts import benchmark_script
 
 from histex._bench import load_dataset, run_bench_command, run_benchmark
-
-
-def benchmark_script(name: str):
-    """A script of benchmarks/ imported as a module, to run its main() with small settings."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_bench_scores_models_and_baselines(tmp_path):
@@ -72,6 +62,20 @@ def test_bench_command_without_data_runs_the_toy_and_says_what_it_skipped(tmp_pa
         assert exit_info.value.code == 2
         assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "named").exists()
+
+
+def test_cohort_benchmark_writes_the_keys_of_its_json(tmp_path):
+    """benchmarks/cohort.py on two small sections: every figure of cohort.json, as named, and the killed worker."""
+    module = benchmark_script("cohort")
+    args = ["--out", str(tmp_path), "--sections", "2", "--size-um", "500", "--genes", "12", "--epochs", "3"]
+    result = module.main([*args, "--states", "1"])
+    written = json.loads((tmp_path / "cohort.json").read_text())
+    assert written == result
+    assert list(written) == ["sections", "seconds_1_worker", "seconds_2_workers", "speedup", "overhead_s_per_section",
+                             "killed_worker_recovered"]  # fmt: skip
+    assert written["sections"] == 2 and written["killed_worker_recovered"] is True
+    assert 0 < written["seconds_2_workers"] < 2 * written["seconds_1_worker"]
+    assert 0 <= written["overhead_s_per_section"] < written["seconds_1_worker"] / 2
 
 
 def test_transfer_benchmark_writes_the_keys_of_its_json(tmp_path):

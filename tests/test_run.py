@@ -6,11 +6,12 @@ import re
 import numpy as np
 import pytest
 import spatialdata as sd
-from spaceranger_folder import write_spaceranger
 
 import histex as hx
 from histex import metrics
+from histex._run import read_slide
 from histex.cli import main
+from histex.sim import write_spaceranger
 from histex.spaceranger import check_outs, read_visium
 
 QUICK = ["--epochs", "3", "--n-states", "1", "--quiet"]
@@ -74,6 +75,23 @@ def test_histex_run_writes_the_store_and_the_report(toy, folder_v1, tmp_path):
     report = json.loads((tmp_path / "again_report" / "report.json").read_text())
     assert "predict" in report["seconds"] and "super_resolve" not in report["seconds"]
 
+    # an H&E-only slide: the image alone, at a given µm per pixel, predicted by the saved model
+    slide = tmp_path / "slide.zarr"
+    assert main(["run", "--image", str(image), "--out", str(slide), "--model-dir", str(tmp_path / "model"),
+                 "--mpp", "0.5", "--quiet"]) == 0  # fmt: skip
+    from_image = sd.read_zarr(slide)
+    assert "table" not in from_image.tables
+    # the bins in tissue come from the image's tissue mask here, from the spots above
+    assert abs(from_image.tables["histex"].n_obs - predicted.n_obs) <= 0.01 * predicted.n_obs
+    assert from_image.tables["histex"].uns["histex"]["params"]["use_spots"] is False
+    # what the API gives on the image alone, and it follows the truth
+    same = read_slide(image, "slide")
+    hx.pp.extract_features(same, mpp=0.5, show_progress=False)
+    model.predict(same, show_progress=False)
+    np.testing.assert_allclose(from_image.tables["histex"].X, same.tables["histex"].X, rtol=1e-5, atol=1e-6)
+    assert metrics.mean_pearson(from_image.tables["histex"], toy.tables["truth"]) > 0.1
+    assert json.loads((tmp_path / "slide_report" / "report.json").read_text())["counts"]["spots"] == 0
+
 
 def _broken(folder_v1, tmp_path, drop: str):
     import shutil
@@ -104,6 +122,7 @@ def test_bad_input_is_named_before_any_work(folder_v1, tmp_path, capsys):
         ([str(outs), "--image", str(image), "--model-dir", str(tmp_path / "not_a_model")], "is not a saved model"),
         ([str(outs), "--image", str(image), "--model", "unil"], "Unknown encoder 'unil'"),
         ([str(outs), "--image", str(image), "--domains", "1"], "n_domains must be a whole number of 2 or more"),
+        (["--image", str(image)], "An H&E-only slide .* give model_dir \\(--model-dir\\) and .* mpp \\(--mpp\\)"),
     ]  # fmt: skip
     for args, message in cases:
         with pytest.raises(SystemExit) as exit_info:

@@ -30,7 +30,7 @@ def report_folder(out: Path) -> Path:
 
 
 def run_section(
-    outs: str | Path,
+    outs: str | Path | None,
     image: str | Path,
     out: str | Path,
     *,
@@ -43,12 +43,14 @@ def run_section(
     epochs: int | None = None,
     n_states: int = 5,
     seed: int = 0,
+    mpp: float | None = None,
     overwrite: bool = False,
     show_progress: bool = True,
     echo=print,
 ) -> dict:
     """Features, super-resolution (trained on the section's spots, or a saved model's prediction) and optionally
-    domains for one section; writes the zarr store ``out`` and ``SAMPLE_report/`` (``report.json``, ``genes.png``,
+    domains for one section (``outs=None``: an H&E-only slide, predicted from its image by the saved model of
+    ``model_dir``, at ``mpp`` µm per pixel); writes the zarr store ``out`` and ``SAMPLE_report/`` (``report.json``, ``genes.png``,
     ``domains.png``).
 
     The store and the report are written under temporary names and renamed when complete: each is there whole or
@@ -68,7 +70,13 @@ def run_section(
                 raise FileExistsError(f"{path} exists: remove it or pass overwrite=True (--overwrite).")
         if n_domains is not None and (int(n_domains) != n_domains or n_domains < 2):
             raise ValueError(f"n_domains must be a whole number of 2 or more, got {n_domains!r}.")
-        check_outs(outs, image)
+        if outs is not None:
+            check_outs(outs, image)
+        elif model_dir is None or mpp is None:
+            raise ValueError("An H&E-only slide (no Space Ranger folder) is predicted from its image by a saved model: "
+                             "give model_dir (--model-dir) and the image's µm per pixel, mpp (--mpp).")  # fmt: skip
+        elif not Path(image).is_file():
+            raise FileNotFoundError(f"No image at {image}.")
         if model_dir is not None and not (Path(model_dir) / MANIFEST).is_file():
             raise FileNotFoundError(f"{model_dir} is not a saved model (no {MANIFEST}): give a folder written by "
                                     "HistexModel.save.")  # fmt: skip
@@ -87,10 +95,11 @@ def run_section(
 
     echo(f"histex run: {outs} with {image} -> {out}")
     t = time.perf_counter()
-    sdata = read_visium(outs, image, dataset_id=out.name.removesuffix(".zarr"))
+    name = out.name.removesuffix(".zarr")
+    sdata = read_visium(outs, image, dataset_id=name) if outs is not None else read_slide(image, name)
     stage("read", t)
     t = time.perf_counter()
-    hx.pp.extract_features(sdata, model=model, weights=weights, device=device, show_progress=show_progress)
+    hx.pp.extract_features(sdata, model=model, weights=weights, mpp=mpp, device=device, show_progress=show_progress)
     stage("features", t)
     t = time.perf_counter()
     if saved is not None:
@@ -126,7 +135,7 @@ def run_section(
     if n_domains is not None:
         plt.close(hx.pl.domains(sdata, save=report_staging / "domains.png"))
     stage("figures", t)
-    spots = sdata.tables["table"]
+    spots = sdata.tables.get("table")
     report = {
         "outs": str(outs),
         "image": str(image),
@@ -140,10 +149,11 @@ def run_section(
             "epochs": epochs,
             "n_states": n_states,
             "seed": seed,
+            "mpp": mpp,
         },
         "counts": {
-            "spots": int(spots.n_obs),
-            "spot_genes": int(spots.n_vars),
+            "spots": 0 if spots is None else int(spots.n_obs),
+            "spot_genes": 0 if spots is None else int(spots.n_vars),
             "bins": int(table.n_obs),
             "genes": int(table.n_vars),
             "domains": None if n_domains is None else int(table.obs["domain"].nunique()),
@@ -157,6 +167,29 @@ def run_section(
     echo(f"wrote {out} ({table.n_obs} bins x {table.n_vars} genes) and {report_dir}; peak RSS "
          f"{report['peak_rss_mb']:.0f} MiB")  # fmt: skip
     return report
+
+
+def read_slide(image: str | Path, name: str):
+    """An H&E-only slide as a SpatialData: the image (TIFF, JPEG or PNG) as a pyramid in coordinate system ``name``."""
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Identity
+
+    image = Path(image)
+    if image.suffix.lower() in (".tif", ".tiff", ".btf"):
+        import tifffile
+
+        rgb = tifffile.imread(image)
+    else:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None
+        rgb = np.asarray(Image.open(image).convert("RGB"))
+    parsed = Image2DModel.parse(
+        np.ascontiguousarray(rgb[..., :3].transpose(2, 0, 1)), dims=("c", "y", "x"), scale_factors=[2, 2, 2, 2],
+        chunks=(3, 4096, 4096), transformations={name: Identity()},
+    )  # fmt: skip
+    return sd.SpatialData(images={f"{name}_full_image": parsed})
 
 
 def _replace(staging: Path, final: Path) -> None:

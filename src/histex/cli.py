@@ -1,4 +1,4 @@
-"""Command line: ``histex demo``, ``histex run`` and ``histex bench``."""
+"""Command line: ``histex demo``, ``histex run``, ``histex cohort`` and ``histex bench``."""
 
 from __future__ import annotations
 
@@ -20,22 +20,29 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     run = sub.add_parser("run", help="a Visium section from Space Ranger's outs/ and its H&E -> SAMPLE.zarr + report")
-    run.add_argument("outs", help="the outs/ folder of spaceranger count")
+    run.add_argument("outs", nargs="?", default=None, help="the outs/ folder of spaceranger count (none: H&E only)")
     run.add_argument("--image", required=True, help="the full-resolution H&E passed to spaceranger count --image")
     run.add_argument("--out", required=True, help="the zarr store to write, e.g. SAMPLE.zarr (report: SAMPLE_report/)")
-    run.add_argument(
-        "--model", default="texture", help="feature encoder (histex.pp.available_models(); default: texture)"
-    )
-    run.add_argument("--weights", default=None, help="the encoder's weights file (foundation models)")
-    run.add_argument("--genes", nargs="+", default=None, help="genes to predict (default: 1000 highly variable ones)")
-    run.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
-    run.add_argument("--model-dir", default=None, help="predict with a saved HistexModel instead of training")
-    run.add_argument("--domains", type=int, default=None, help="find this many tissue domains on the bins")
-    run.add_argument("--epochs", type=int, default=None, help="training epochs per ensemble state (default: 60)")
-    run.add_argument("--n-states", type=int, default=5, help="ensemble states (default: 5)")
-    run.add_argument("--seed", type=int, default=0)
     run.add_argument("--overwrite", action="store_true", help="replace an existing store and report")
     run.add_argument("--quiet", action="store_true")
+    cohort = sub.add_parser("cohort", help="many sections on dask.distributed: one task per row of SAMPLES.csv")
+    cohort.add_argument("samples", help="CSV with sample_id, outs, image (outs empty: an H&E-only slide)")
+    cohort.add_argument("--out", required=True, help="folder of the outputs and cohort.csv")
+    cohort.add_argument("--workers", type=int, default=None, help="workers of a LocalCluster (default: min(2, CPUs))")
+    cohort.add_argument("--scheduler", default=None, help="address of a running dask scheduler instead")
+    cohort.add_argument("--gpu", action="store_true", help="each section needs a GPU worker resource (GPU=1)")
+    cohort.add_argument("--quiet", action="store_true")
+    for command in (run, cohort):
+        command.add_argument("--model", default="texture", help="feature encoder (default: texture)")
+        command.add_argument("--weights", default=None, help="the encoder's weights file (foundation models)")
+        command.add_argument("--genes", nargs="+", default=None, help="genes to predict (default: 1000 variable)")
+        command.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+        command.add_argument("--model-dir", default=None, help="predict with a saved HistexModel instead of training")
+        command.add_argument("--mpp", type=float, default=None, help="µm per pixel of H&E-only slides")
+        command.add_argument("--domains", type=int, default=None, help="find this many tissue domains on the bins")
+        command.add_argument("--epochs", type=int, default=None, help="training epochs per state (default: 60)")
+        command.add_argument("--n-states", type=int, default=5, help="ensemble states (default: 5)")
+        command.add_argument("--seed", type=int, default=0)
     bench = sub.add_parser("bench", help="every method on sections with known truth: results.csv, results.png")
     bench.add_argument("--out", default="histex_bench", help="output folder (default: histex_bench)")
     bench.add_argument(
@@ -75,10 +82,26 @@ def main(argv: list[str] | None = None) -> int:
             run_section(
                 args.outs, args.image, args.out, model=args.model, weights=args.weights, genes=args.genes,
                 device=args.device, model_dir=args.model_dir, n_domains=args.domains, epochs=args.epochs,
-                n_states=args.n_states, seed=args.seed, overwrite=args.overwrite, show_progress=not args.quiet,
+                n_states=args.n_states, seed=args.seed, mpp=args.mpp, overwrite=args.overwrite,
+                show_progress=not args.quiet,
             )  # fmt: skip
         except BadInput as error:  # named before any work: no traceback
             parser.exit(2, f"histex run: error: {error}\n")
+    elif args.command == "cohort":
+        from histex.cohort import read_samples, run_cohort
+
+        try:
+            samples = read_samples(args.samples, model_dir=args.model_dir)
+            summary = run_cohort(
+                samples, args.out, workers=args.workers, scheduler=args.scheduler, gpu=args.gpu,
+                model_dir=args.model_dir, show_progress=not args.quiet, model=args.model, weights=args.weights,
+                genes=args.genes, device=args.device, n_domains=args.domains, epochs=args.epochs,
+                n_states=args.n_states, seed=args.seed, mpp=args.mpp,
+            )  # fmt: skip
+        except ValueError as error:  # the samples table, the scheduler, the saved model: before any work
+            parser.exit(2, f"histex cohort: error: {error}\n")
+        print(summary.to_string(index=False))
+        return int((summary["status"] == "failed").any())
     elif args.command == "bench":
         from histex._bench import DATASETS, METHODS, missing_data, run_bench_command
 

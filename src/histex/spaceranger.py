@@ -81,17 +81,20 @@ def check_outs(outs: str | Path, image: str | Path) -> dict:
 
 def image_size(path: Path) -> tuple[int, int]:
     """``(width, height)`` of an image file, read from its header (TIFF, JPEG, PNG)."""
-    if path.suffix.lower() in (".tif", ".tiff", ".btf"):
-        import tifffile
+    try:
+        if path.suffix.lower() in (".tif", ".tiff", ".btf"):
+            import tifffile
 
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            return int(page.imagewidth), int(page.imagelength)
-    from PIL import Image
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagewidth), int(page.imagelength)
+        from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = None  # whole-slide H&E are larger than PIL's guard against decompression bombs
-    with Image.open(path) as img:
-        return img.size
+        Image.MAX_IMAGE_PIXELS = None  # whole-slide H&E are larger than PIL's guard against decompression bombs
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError) as error:  # tifffile's TiffFileError is a ValueError, PIL's an OSError
+        raise ValueError(f"Cannot read {path} as an image ({error}): give a TIFF, JPEG or PNG H&E.") from error
 
 
 def spot_pixels(positions: Path) -> np.ndarray:

@@ -4,7 +4,8 @@
 :func:`paint_he` paints an H&E-like image from nucleus and tissue-region polygons, for slides that have no image;
 :func:`vary_stain` changes the strength of its haematoxylin and eosin; :func:`cell_bin_weights` splits cells over
 the bins they overlap; :func:`hex_spots` and :func:`sum_into_spots` make the pseudo-spots; :func:`visium_like` lays
-the result out as ``spatialdata_io.visium`` does, with the truth table.
+the result out as ``spatialdata_io.visium`` does, with the truth table; :func:`write_spaceranger` writes it as
+Space Ranger's ``outs/``.
 """
 
 from histex.geometry import cell_bin_weights, points_to_bins
@@ -12,6 +13,7 @@ from histex.sim._layout import visium_like
 from histex.sim._nuclei import draw_programmes, from_nuclei
 from histex.sim._paint import paint_he
 from histex.sim._pseudo import hex_spots, sum_into_spots
+from histex.sim._spaceranger import write_spaceranger
 from histex.sim._stain import vary_stain
 from histex.sim._visium_hd import from_visium_hd
 from histex.sim._xenium import from_xenium
@@ -28,4 +30,5 @@ __all__ = [
     "sum_into_spots",
     "vary_stain",
     "visium_like",
+    "write_spaceranger",
 ]

@@ -1,4 +1,5 @@
-"""Space Ranger ``outs/`` folders written from a simulated section, as ``spaceranger count`` lays them out."""
+"""A simulated section written as the ``outs/`` folder of ``spaceranger count``, to run ``histex run`` and
+``histex cohort`` on sections whose truth is known."""
 
 from __future__ import annotations
 
@@ -36,10 +37,28 @@ def write_matrix(path: Path, counts, genes: list[str], cells: list[str]) -> None
         feats.create_dataset("name", data=np.array(genes, dtype="S"))
 
 
-def write_spaceranger(sdata, folder: Path, *, version: int = 1, image_name: str = "he.tif") -> tuple[Path, Path]:
-    """``(outs, image)``: the spots of a histex simulated section (``tables["table"]`` and its circles) as Space
-    Ranger writes them, with positions in the 1.x (``tissue_positions_list.csv``, no header) or 2.x layout
-    (``tissue_positions.csv``), the scale factors, a hires PNG, a few off-tissue spots, and the H&E as a TIFF."""
+def write_spaceranger(sdata, folder: str | Path, *, version: int = 1, image_name: str = "he.tif") -> tuple[Path, Path]:
+    """Write a simulated section as Space Ranger writes a Visium section.
+
+    Parameters
+    ----------
+    sdata
+        A section of :func:`histex.datasets.toy` or this module (``tables["table"]`` of spots, their circles and
+        the full-resolution H&E).
+    folder
+        Gets ``outs/`` and the image.
+    version
+        ``1``: positions in ``tissue_positions_list.csv`` without a header (Space Ranger 1.x); ``2``:
+        ``tissue_positions.csv`` with one (2.x and later).
+    image_name
+        The full-resolution H&E, written as an RGB TIFF.
+
+    Returns
+    -------
+    tuple[pathlib.Path, pathlib.Path]
+        ``(outs, image)``. ``outs`` holds ``filtered_feature_bc_matrix.h5`` (10x HDF5), the positions (three
+        off-tissue spots beside the section's), ``scalefactors_json.json`` and ``tissue_hires_image.png``.
+    """
     import pandas as pd
     import tifffile
     from PIL import Image

@@ -1,0 +1,102 @@
+"""``histex cohort``: sections as tasks on dask.distributed, alone-equal, failing alone, surviving a killed worker,
+resuming."""
+
+import re
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import spatialdata as sd
+from scripts import benchmark_script
+
+import histex as hx
+from histex._run import run_section
+from histex.cli import main
+from histex.cohort import read_samples, run_cohort
+from histex.sim import write_spaceranger
+
+SETTINGS = {"epochs": 3, "n_states": 1}
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    """Four toy sections written as Space Ranger folders, and a samples table with paths relative to it."""
+    root = tmp_path_factory.mktemp("cohort_in")
+    rows = []
+    for seed in range(4):
+        toy = hx.datasets.toy(size_um=500, n_genes=12, seed=seed)
+        outs, image = write_spaceranger(toy, root / f"s{seed}", version=1 + seed % 2)
+        rows.append({"sample_id": f"s{seed}", "outs": outs.relative_to(root), "image": image.relative_to(root)})
+    pd.DataFrame(rows).to_csv(root / "samples.csv", index=False)
+    return root / "samples.csv"
+
+
+def _table(store):
+    return np.asarray(sd.read_zarr(store).tables["histex"].X)
+
+
+def test_a_cohort_gives_each_section_what_it_gives_alone_and_resumes(samples, tmp_path):
+    table = read_samples(samples)
+    broken = table.iloc[0].to_dict() | {"sample_id": "broken", "image": str(tmp_path / "broken.tif")}
+    (tmp_path / "broken.tif").write_text("not an image")
+    table = pd.concat([table, pd.DataFrame([broken])], ignore_index=True)
+
+    start = time.perf_counter()
+    summary = run_cohort(table, tmp_path / "out", workers=2, show_progress=False, **SETTINGS)
+    wall = time.perf_counter() - start
+    # each worker runs one section at a time: the sections' own seconds fit in the two workers' time
+    assert summary["seconds"].sum() < 2 * wall
+    assert list(summary["sample_id"]) == ["s0", "s1", "s2", "s3", "broken"]
+    assert list(summary["status"]) == ["done"] * 4 + ["failed"]  # the bad row fails alone
+    assert "broken.tif" in summary.loc[4, "error"] and (summary.loc[:3, "error"] == "").all()
+    assert (summary.loc[:3, "seconds"] > 0).all() and (summary.loc[:3, "peak_rss_mb"] > 200).all()
+    written = pd.read_csv(tmp_path / "out" / "cohort.csv", keep_default_na=False)
+    assert list(written.columns) == ["sample_id", "status", "seconds", "peak_rss_mb", "error"]
+    assert list(written["status"]) == list(summary["status"]) and written.loc[4, "error"] == summary.loc[4, "error"]
+    for row in table.iloc[[0, 3]].itertuples():
+        alone = tmp_path / f"alone_{row.sample_id}.zarr"
+        run_section(row.outs, row.image, alone, show_progress=False, echo=lambda *_: None, **SETTINGS)
+        np.testing.assert_allclose(_table(tmp_path / "out" / f"{row.sample_id}.zarr"), _table(alone), atol=1e-4)
+    assert not list((tmp_path / "out").glob(".*partial"))
+
+    # a rerun does only what is left: the failed row, and a row whose output was removed
+    import shutil
+
+    shutil.rmtree(tmp_path / "out" / "s2_report")
+    again = run_cohort(table, tmp_path / "out", workers=1, show_progress=False, **SETTINGS)
+    assert list(again["status"]) == ["skipped", "skipped", "done", "skipped", "failed"]
+
+
+def test_a_killed_worker_does_not_stop_the_cohort(samples, tmp_path):
+    """benchmarks/cohort.py's check: the first worker seen running a section is killed (SIGKILL) a second in; the
+    scheduler runs the section again and every row finishes, complete and readable, nothing half-written."""
+    assert benchmark_script("cohort").killed_worker(read_samples(samples), tmp_path / "out", SETTINGS)
+    summary = pd.read_csv(tmp_path / "out" / "cohort.csv")
+    assert list(summary["status"]) == ["done"] * 4
+    for sid in summary["sample_id"]:
+        assert _table(tmp_path / "out" / f"{sid}.zarr").shape[1] == 12
+    assert not list((tmp_path / "out").glob(".*partial"))
+
+
+def test_bad_samples_are_reported_together_before_any_work(samples, tmp_path, capsys):
+    table = pd.read_csv(samples)
+    table.loc[1, "sample_id"] = "s0"
+    table.loc[2, "image"] = "nowhere.tif"
+    bad = samples.parent / "bad.csv"
+    table.to_csv(bad, index=False)
+    with pytest.raises(ValueError, match=re.escape("duplicate sample ids ['s0']") + ".*s2: no image at .*nowhere.tif"):
+        read_samples(bad)
+    table[["sample_id", "image"]].to_csv(samples.parent / "short.csv", index=False)
+    with pytest.raises(ValueError, match=re.escape("short.csv lacks the columns ['outs']")):
+        read_samples(samples.parent / "short.csv")
+    for args, message in [
+        ([str(bad)], "duplicate sample ids"),
+        ([str(samples), "--scheduler", "tcp://127.0.0.1:9"], "Cannot reach the dask scheduler at 'tcp://127.0.0.1:9'"),
+        ([str(samples), "--model-dir", str(tmp_path)], "is not a saved model"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main(["cohort", *args, "--out", str(tmp_path / "out"), "--quiet"])
+        assert exit_info.value.code == 2
+        assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out" / "cohort.csv").exists()
