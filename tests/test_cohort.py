@@ -13,7 +13,7 @@ from scripts import benchmark_script
 import histex as hx
 from histex._run import run_section
 from histex.cli import main
-from histex.cohort import read_samples, run_cohort
+from histex.cohort import read_samples, run_cohort, worker_gpu
 from histex.sim import write_spaceranger
 
 SETTINGS = {"epochs": 3, "n_states": 1}
@@ -100,3 +100,11 @@ def test_bad_samples_are_reported_together_before_any_work(samples, tmp_path, ca
         assert exit_info.value.code == 2
         assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out" / "cohort.csv").exists()
+
+
+def test_each_worker_of_a_local_cluster_has_its_own_gpu():
+    assert [worker_gpu(name, 4) for name in (0, 1, 3, "5")] == ["cuda:0", "cuda:1", "cuda:3", "cuda:1"]
+    assert worker_gpu("SLURMCluster-3", 1) == "cuda:0"  # a job sees only its own GPU
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(ValueError, match="one worker per GPU, and this machine has no CUDA device"):
+            run_cohort(pd.DataFrame(columns=["sample_id", "outs", "image"]), "unused", gpu=True)

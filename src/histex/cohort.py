@@ -78,18 +78,28 @@ def is_complete(out: Path, sample_id: str) -> bool:
     return store.is_dir() and (report / "report.json").is_file()
 
 
-def run_row(row: dict, out: str, settings: dict, threads: int | None = None) -> dict:
+def worker_gpu(worker_name, n_gpus: int) -> str:
+    """The GPU of a worker: ``cuda:K`` for the K-th worker of a LocalCluster (named 0, 1, ...), so that each worker
+    has a GPU of its own; ``cuda:0`` for a worker of another name (a job of a SLURM cluster sees only its own)."""
+    index = int(worker_name) if str(worker_name).isdigit() else 0
+    return f"cuda:{index % max(1, n_gpus)}"
+
+
+def run_row(row: dict, out: str, settings: dict, threads: int | None = None, gpu: bool = False) -> dict:
     """One section on a worker, as ``histex run`` does it; an error is returned, not raised, so that it fails
     its row alone (a worker that dies is another matter: the scheduler runs the task again elsewhere)."""
     import dask
+    import torch
 
     from histex._bench import _peak_rss_mb, _reset_peak_rss
     from histex._run import run_section
 
     if threads is not None:
-        import torch
-
         torch.set_num_threads(threads)  # workers side by side must not contend for the same cores
+    if gpu and settings.get("device") in (None, "cuda"):
+        from distributed import get_worker
+
+        settings = settings | {"device": worker_gpu(get_worker().name, torch.cuda.device_count())}
     store, _ = output_paths(Path(out), row["sample_id"])
     _reset_peak_rss()
     start = time.perf_counter()
@@ -130,13 +140,13 @@ def run_cohort(
         The cohort's folder: ``SAMPLE.zarr`` and ``SAMPLE_report/`` per row, and ``cohort.csv``.
     workers
         Workers of a ``LocalCluster`` (default: 2 or the CPU count, whichever is smaller; one process each, the
-        cores shared between them). Ignored with ``scheduler``.
+        cores shared between them; with ``gpu``, one per GPU). Ignored with ``scheduler``.
     scheduler
         The address of a running dask scheduler (``tcp://host:8786``) to use instead of a LocalCluster.
     gpu
         Each task needs one ``GPU`` worker resource: a worker runs one section at a time on its GPU. A
-        LocalCluster gives each worker one (one worker per GPU); workers of another cluster declare theirs
-        (``dask worker --resources GPU=1``).
+        LocalCluster gives each worker one and its own device (worker K on ``cuda:K``, one worker per GPU);
+        workers of another cluster declare theirs (``dask worker --resources GPU=1``) and use ``cuda:0``.
     model_dir
         A saved :class:`histex.HistexModel` that predicts every row instead of training (rows without ``outs``
         are H&E-only slides).
@@ -162,6 +172,16 @@ def run_cohort(
         if not (Path(model_dir) / MANIFEST).is_file():
             raise ValueError(f"{model_dir} is not a saved model (no {MANIFEST}): give a folder of HistexModel.save.")
         settings["model_dir"] = str(Path(model_dir).resolve())
+    if scheduler is None:
+        n = workers if workers is not None else min(2, os.cpu_count() or 1)
+        if gpu and workers is None:
+            import torch
+
+            n = torch.cuda.device_count()  # one worker per GPU
+            if n == 0:
+                raise ValueError("gpu=True (--gpu) runs one worker per GPU, and this machine has no CUDA device.")
+        if int(n) != n or n < 1:
+            raise ValueError(f"workers must be a whole number of 1 or more, got {workers!r}.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done = [sid for sid in table["sample_id"] if is_complete(out, sid)]
@@ -177,9 +197,6 @@ def run_cohort(
             raise ValueError(f"Cannot reach the dask scheduler at {scheduler!r}: {error}") from error
         threads = None
     else:
-        n = workers if workers is not None else min(2, os.cpu_count() or 1)
-        if int(n) != n or n < 1:
-            raise ValueError(f"workers must be a whole number of 1 or more, got {workers!r}.")
         threads = max(1, (os.cpu_count() or 1) // int(n))
         cluster = LocalCluster(
             n_workers=int(n), threads_per_worker=1, processes=True, dashboard_address=None,
@@ -194,6 +211,7 @@ def run_cohort(
                 str(out),
                 settings,
                 threads,
+                gpu,
                 key=f"histex-{row.sample_id}",
                 resources={"GPU": 1} if gpu else None,
                 pure=False,
