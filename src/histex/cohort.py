@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 #: The columns of a samples table: ``outs`` may be empty for H&E-only slides predicted with a saved model.
 COLUMNS = ("sample_id", "outs", "image")
+#: How long to try to reach a scheduler given by its address.
+CONNECT_TIMEOUT = "10s"
 #: The columns of ``cohort.csv``.
 RESULT_COLUMNS = ("sample_id", "status", "seconds", "peak_rss_mb", "error")
 
@@ -192,7 +194,7 @@ def run_cohort(
     cluster = None
     if scheduler is not None:
         try:
-            client = Client(scheduler, timeout="10s")
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as error:
             raise ValueError(f"Cannot reach the dask scheduler at {scheduler!r}: {error}") from error
         threads = None
