@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from histex._demo import peak_rss_mb
+from histex._bench import _peak_rss_mb
 from histex.model.io import MANIFEST
+from histex.spaceranger import TIFF_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +23,13 @@ REPORT_GENES = 4
 
 class BadInput(ValueError):
     """An input of :func:`run_section` that is wrong, found before any work (the message names the fix)."""
+
+
+def check_model_dir(model_dir: str | Path) -> None:
+    """Refuse a ``model_dir`` that is not a folder written by :meth:`histex.HistexModel.save`."""
+    if not (Path(model_dir) / MANIFEST).is_file():
+        raise FileNotFoundError(f"{model_dir} is not a saved model (no {MANIFEST}): give a folder written by "
+                                "HistexModel.save.")  # fmt: skip
 
 
 def report_folder(out: Path) -> Path:
@@ -50,12 +58,13 @@ def run_section(
 ) -> dict:
     """Features, super-resolution (trained on the section's spots, or a saved model's prediction) and optionally
     domains for one section (``outs=None``: an H&E-only slide, predicted from its image by the saved model of
-    ``model_dir``, at ``mpp`` µm per pixel); writes the zarr store ``out`` and ``SAMPLE_report/`` (``report.json``, ``genes.png``,
-    ``domains.png``).
+    ``model_dir``, at ``mpp`` µm per pixel); writes the zarr store ``out`` and ``SAMPLE_report/``
+    (``report.json``, ``genes.png``, ``domains.png``).
 
     The store and the report are written under temporary names and renamed when complete: each is there whole or
     not at all. Everything a user can get wrong (the folder, the image, the saved model, the encoder, the output)
-    is checked before any work and raised as :class:`BadInput`. Returns the report: settings, counts, seconds per stage and peak RSS in MiB.
+    is checked before any work and raised as :class:`BadInput`. Returns the report: settings, counts, seconds per
+    stage and peak RSS in MiB.
     """
     import matplotlib.pyplot as plt
 
@@ -77,9 +86,8 @@ def run_section(
                              "give model_dir (--model-dir) and the image's µm per pixel, mpp (--mpp).")  # fmt: skip
         elif not Path(image).is_file():
             raise FileNotFoundError(f"No image at {image}.")
-        if model_dir is not None and not (Path(model_dir) / MANIFEST).is_file():
-            raise FileNotFoundError(f"{model_dir} is not a saved model (no {MANIFEST}): give a folder written by "
-                                    "HistexModel.save.")  # fmt: skip
+        if model_dir is not None:
+            check_model_dir(model_dir)
         saved = hx.HistexModel.load(model_dir, device=device) if model_dir is not None else None
         model = saved.encoder.get("model", model) if saved is not None else model  # features as the model's were
         if model not in hx.pp.available_models():
@@ -160,7 +168,7 @@ def run_section(
         },
         "genes_shown": shown,
         "seconds": seconds,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),  # since the last reset: a cohort row's own
     }
     (report_staging / "report.json").write_text(json.dumps(report, indent=2))
     _replace(report_staging, report_dir)
@@ -176,7 +184,7 @@ def read_slide(image: str | Path, name: str):
     from spatialdata.transformations import Identity
 
     image = Path(image)
-    if image.suffix.lower() in (".tif", ".tiff", ".btf"):
+    if image.suffix.lower() in TIFF_SUFFIXES:
         import tifffile
 
         rgb = tifffile.imread(image)

@@ -169,10 +169,12 @@ def run_cohort(
 
     table = samples if isinstance(samples, pd.DataFrame) else read_samples(samples, model_dir=model_dir)
     if model_dir is not None:
-        from histex.model.io import MANIFEST
+        from histex._run import check_model_dir
 
-        if not (Path(model_dir) / MANIFEST).is_file():
-            raise ValueError(f"{model_dir} is not a saved model (no {MANIFEST}): give a folder of HistexModel.save.")
+        try:
+            check_model_dir(model_dir)
+        except FileNotFoundError as error:
+            raise ValueError(str(error)) from error
         settings["model_dir"] = str(Path(model_dir).resolve())
     if scheduler is None:
         n = workers if workers is not None else min(2, os.cpu_count() or 1)

@@ -16,6 +16,7 @@ MATRIX_FILE = "filtered_feature_bc_matrix.h5"
 POSITIONS_FILES = ("tissue_positions_list.csv", "tissue_positions.csv")  # Space Ranger 1.x, 2.x and later
 SCALEFACTORS_FILE = "scalefactors_json.json"
 HIRES_FILE = "tissue_hires_image.png"
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf")
 #: How far the image's size may be from the one the scale factors imply (Space Ranger rounds the hires image).
 SIZE_TOLERANCE = 0.02
 
@@ -82,7 +83,7 @@ def check_outs(outs: str | Path, image: str | Path) -> dict:
 def image_size(path: Path) -> tuple[int, int]:
     """``(width, height)`` of an image file, read from its header (TIFF, JPEG, PNG)."""
     try:
-        if path.suffix.lower() in (".tif", ".tiff", ".btf"):
+        if path.suffix.lower() in TIFF_SUFFIXES:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
