@@ -68,7 +68,7 @@ def slide(folder: Path, n_cells: int, n_genes: int, seed: int = 0):
         index=pd.Index([f"bin_{i}" for i in range(len(rows))]),
     )
     x = rng.gamma(1.0, 1.0, (len(rows), n_genes)).astype(np.float32)
-    table = ad.AnnData(X=x, obs=obs, layers={"std": (0.3 * x).astype(np.float32)})
+    table = ad.AnnData(X=x, obs=obs, layers={"ensemble_sd": (0.3 * x).astype(np.float32)})
     table.var_names = [f"G{i:03d}" for i in range(n_genes)]
     table.uns["histex"] = {"data": {"image_key": "he", "coordinate_system": "global", "mpp": MPP, "bin_px": bin_px,
                                     "grid_shape": [n_bins_side, n_bins_side]}}  # fmt: skip

@@ -60,12 +60,24 @@ def test_backed_sdata_gets_the_output_in_its_store(backed, small_toy, monkeypatc
     assert {"tables/histex", "shapes/histex_bins"} <= set(on_disk)
     assert not any("incomplete" in p for p in on_disk)
     table, expected = sdata.tables["histex"], in_memory.tables["histex"]
-    for got in (table.X, table.layers["std"], table.obsm["X_histex"]):
+    for got in (table.X, table.layers["ensemble_sd"], table.obsm["X_histex"]):
         assert isinstance(got, da.Array) and "zarr" in str(got.dask)
     assert table.X.chunks[0][0] == 500 and len(table.X.chunks[0]) == -(-table.n_obs // 500)
     assert np.array_equal(np.asarray(table.X), expected.X)
-    assert np.array_equal(np.asarray(table.layers["std"]), expected.layers["std"])
+    assert np.array_equal(np.asarray(table.layers["ensemble_sd"]), expected.layers["ensemble_sd"])
     assert np.array_equal(np.asarray(table.obsm["X_histex"]), expected.obsm["X_histex"])
+    for layer in ("lower90", "upper90"):  # the intervals' draws do not depend on the blocks they came in
+        assert isinstance(table.layers[layer], da.Array)
+        assert np.array_equal(np.asarray(table.layers[layer]), expected.layers[layer])
+    pd.testing.assert_frame_equal(table.var, expected.var)  # reliability and the rest, written to the store
+    # another level, lazily from the store's chunks, is the in-memory table's
+    assert hx.tl.predictive_interval(sdata, level=0.8) == hx.tl.predictive_interval(in_memory, level=0.8)
+    assert isinstance(table.layers["upper80"], da.Array)
+    for layer in ("lower80", "upper80"):
+        assert np.array_equal(np.asarray(table.layers[layer]), expected.layers[layer])
+    assert (expected.layers["upper80"] - expected.layers["lower80"]).sum() < (
+        expected.layers["upper90"] - expected.layers["lower90"]
+    ).sum()
     assert table.obs.equals(expected.obs) and table.uns["histex"]["params"]["to_store"] is True
     assert expected.uns["histex"]["params"]["to_store"] is False
     after = fingerprint(sdata)

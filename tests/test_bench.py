@@ -79,6 +79,26 @@ def test_cohort_benchmark_writes_the_keys_of_its_json(tmp_path):
     assert 0 <= written["overhead_s_per_section"] < written["seconds_1_worker"] / 2
 
 
+def test_trust_benchmark_writes_the_keys_of_its_json(tmp_path):
+    """benchmarks/trust.py on a small toy: per section, exactly the issue's four figures; the calibration beside."""
+    module = benchmark_script("trust")
+    args = ["--out", str(tmp_path), "--sections", "toy", "--seeds", "0", "--toy-size-um", "800", "--epochs", "20"]
+    result = module.main([*args, "--states", "2", "--genes", "30"])
+    written = json.loads((tmp_path / "trust.json").read_text())
+    assert written == result and list(written) == ["toy"]
+    figures = written["toy"]
+    assert list(figures) == ["reliability_spearman", "reliable_gap", "coverage90_median", "seconds"]
+    assert figures["reliability_spearman"] > 0.3 and figures["reliable_gap"] > 0
+    assert 0.85 <= figures["coverage90_median"] <= 0.95 and 0 < figures["seconds"] < 10
+    calibration = pd.read_csv(tmp_path / "calibration.csv")
+    assert list(calibration["level"]) == [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    assert calibration["coverage_median"].is_monotonic_increasing
+    assert (calibration["least_coverage_median"] >= calibration["level"] - 1e-9).all()
+    genes = pd.read_csv(tmp_path / "trust_genes.csv")
+    assert len(genes) == 30 and set(genes["group"]) == {"visible", "clone", "gradient"}
+    assert (tmp_path / "calibration.png").stat().st_size > 10_000
+
+
 def test_transfer_benchmark_writes_the_keys_of_its_json(tmp_path):
     """benchmarks/transfer.py on a small toy family: every figure of transfer.json, as named."""
     module = benchmark_script("transfer")

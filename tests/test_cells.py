@@ -62,14 +62,16 @@ def test_cells_take_the_share_of_each_bin_inside_them(resolved):
         key = hx.tl.to_cells(sdata, cells_key="cells")
     assert key == "histex_cells"
     out = sdata.tables[key]
-    x, std = np.asarray(table.X), np.asarray(table.layers["std"])
+    x, std = np.asarray(table.X), np.asarray(table.layers["ensemble_sd"])
     np.testing.assert_allclose(out.X[0], x[i], rtol=1e-6)
     np.testing.assert_allclose(out.X[1], 0.5 * x[i] + 0.5 * x[j], rtol=1e-5)
     np.testing.assert_allclose(out.X[2] + out.X[3], x[i], rtol=1e-5)  # a bin shared by two cells is split by area
     np.testing.assert_allclose(out.X[2], 0.25 * x[i], rtol=1e-5)
     assert not out.X[4].any()
-    np.testing.assert_allclose(out.layers["std"][0], std[i], rtol=1e-6)
-    np.testing.assert_allclose(out.layers["std"][1], np.sqrt(0.25 * std[i] ** 2 + 0.25 * std[j] ** 2), rtol=1e-5)
+    np.testing.assert_allclose(out.layers["ensemble_sd"][0], std[i], rtol=1e-6)
+    np.testing.assert_allclose(
+        out.layers["ensemble_sd"][1], np.sqrt(0.25 * std[i] ** 2 + 0.25 * std[j] ** 2), rtol=1e-5
+    )
     mpp = table.uns["histex"]["data"]["mpp"]
     np.testing.assert_allclose(out.obs["area_um2"].to_numpy()[:2], (b * mpp) ** 2)
     np.testing.assert_allclose(out.obs["bin_coverage"], [1, 1, 1, 1, 0])

@@ -203,7 +203,21 @@ def test_genes_draw_truth_spots_and_cells(section):
 def test_uncertainty_draws_the_cells_and_their_spread(section):
     cells = section.tables["histex_cells"]
     fig = hx.pl.uncertainty(section, "G000", table_key="histex_cells")
-    prediction, spread = (next(c for c in ax.collections if isinstance(c, PolyCollection)) for ax in fig.axes[:2])
-    np.testing.assert_allclose(prediction.get_array(), np.asarray(cells[:, "G000"].X).ravel(), rtol=1e-6)
-    np.testing.assert_allclose(spread.get_array(), np.asarray(cells[:, "G000"].layers["std"]).ravel(), rtol=1e-6)
-    assert fig.axes[2].get_ylabel() == "counts per cell"
+    prediction, width, spread = (
+        next(c for c in ax.collections if isinstance(c, PolyCollection)) for ax in fig.axes[:3]
+    )
+    gene = cells[:, "G000"]
+    np.testing.assert_allclose(prediction.get_array(), np.asarray(gene.X).ravel(), rtol=1e-6)
+    np.testing.assert_allclose(width.get_array(), (gene.layers["upper90"] - gene.layers["lower90"]).ravel())
+    np.testing.assert_allclose(spread.get_array(), np.asarray(gene.layers["ensemble_sd"]).ravel(), rtol=1e-6)
+    assert fig.axes[3].get_ylabel() == "counts per cell"
+
+
+def test_cells_carry_the_bins_interval(section):
+    """A cell's count: the shares of its bins' transcripts summed, negative binomial with their mean and variance."""
+    cells = section.tables["histex_cells"]
+    lower, upper = cells.layers["lower90"], cells.layers["upper90"]
+    assert (lower <= upper).all() and np.array_equal(upper, np.round(upper)) and (lower >= 0).all()
+    has = cells.obs["has_bins"].to_numpy()
+    mean, width = np.asarray(cells.X)[has], (upper - lower)[has]
+    assert width[mean > 0.1].mean() > width[mean <= 0.1].mean() + 0.2  # wider where more is predicted

@@ -94,7 +94,7 @@ def test_super_resolve_gives_the_numbers_of_the_array_pipeline(small_toy):
     assert np.array_equal(np.asarray(shaped.X), expected_shaped.mean)
     assert np.array_equal(shaped.var["shape_shared"].to_numpy(), shapes.shared.astype(np.float32))
     assert shaped.uns["histex"]["params"]["match_shapes"] and not table.uns["histex"]["params"]["match_shapes"]
-    assert np.array_equal(np.asarray(table.layers["std"]), expected.spread)
+    assert np.array_equal(np.asarray(table.layers["ensemble_sd"]), expected.spread)
     assert np.array_equal(table.uns["histex"]["history"]["loss"], history.loss)
 
 
@@ -192,9 +192,11 @@ def test_save_load_round_trip(trained, section_d, tmp_path):
     assert np.asarray(manifest["history"]["loss"]).shape == (2, 3)
     assert manifest["targets"]["kind"] == "minmax" and len(manifest["targets"]["low"]) == 12
     assert manifest["feature_scaling"]["mode"] == "global"
+    assert len(manifest["dispersion"]) == 12 and min(manifest["dispersion"]) >= 0  # for H&E-only intervals
 
     loaded = hx.HistexModel.load(folder, device="cpu")
     assert repr(loaded) == repr(trained)
+    np.testing.assert_array_equal(loaded._trained.dispersion, trained._trained.dispersion)
     trained.predict(section_d, key_added="direct", show_progress=False)
     loaded.predict(section_d, key_added="loaded", show_progress=False)
     assert np.array_equal(_x(section_d, "direct"), _x(section_d, "loaded"))
@@ -319,6 +321,12 @@ def test_an_he_only_slide(trained, section_d):
     assert meta["data"]["mpp"] == pytest.approx(0.5, rel=1e-3) and meta["data"]["mpp_source"] == "features"
     truth = section_d.tables["truth"]
     assert hx.metrics.summarise(hx.metrics.score(table, truth))["pearson"] > 0
+    # no spots to check the map on or fit the dispersion to: the training spots' dispersion, and an upper bound
+    assert meta["trust"]["dispersion"] == "training spots" and not meta["trust"]["checked_on_spots"]
+    np.testing.assert_allclose(table.var["dispersion"], trained._trained.dispersion, rtol=1e-6)
+    assert "spot_consistency" not in table.var
+    np.testing.assert_array_equal(table.var["reliability"], table.var["expected_pearson"])
+    assert (np.asarray(table.layers["lower90"]) <= np.asarray(table.layers["upper90"])).all()
     fig = hx.pl.genes(section_d, trained.genes[0], truth_key="truth")  # no spots to draw: truth and bins only
     assert [ax.get_title().split(":")[0].split("\n")[-1] for ax in fig.axes[:2]] != ["", ""]
     assert not any("spots" in ax.get_title() for ax in fig.axes)

@@ -134,7 +134,7 @@ def test_bad_input_is_refused_and_nothing_is_written(toy):
     before = {key: sorted(table.uns) for key, table in sdata.tables.items()}
     with pytest.raises(ValueError, match="not a table of bins"):
         hx.tl.spatial_patterns(sdata, "table", spots_table_key="table", key_added="bad")
-    with pytest.raises(ValueError, match="not in the bin table 'truth': Nope_01"):
+    with pytest.raises(ValueError, match="not in the table 'truth': Nope_01"):
         hx.tl.spatial_patterns(sdata, "truth", genes=["Imm_01", "Nope_01"], spots_table_key="table", key_added="bad")
     with pytest.raises(KeyError, match="No table 'spots'"):
         hx.tl.spatial_patterns(sdata, "truth", spots_table_key="spots", key_added="bad")

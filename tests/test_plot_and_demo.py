@@ -186,12 +186,21 @@ def test_uncertainty_plot_shows_prediction_and_spread(small_toy):
     table = sdata.tables["histex"]
     fig = hx.pl.uncertainty(sdata, ["Imm_01", "Str_01"])
     titles = [ax.get_title() for ax in fig.axes if ax.get_images()]
-    assert titles == ["Imm_01: prediction", "Imm_01: ensemble std", "Str_01: prediction", "Str_01: ensemble std"]
-    spread = fig.axes[1].get_images()[0].get_array()
+    assert titles == [
+        f"{g}: {t}" for g in ("Imm_01", "Str_01") for t in ("prediction", "90% interval width", "ensemble sd")
+    ]
+    width = fig.axes[1].get_images()[0].get_array()
+    interval = table[:, "Imm_01"].layers["upper90"] - table[:, "Imm_01"].layers["lower90"]
+    np.testing.assert_allclose(np.nansum(width), interval.sum(), rtol=1e-4)
+    assert np.nanmax(width) >= 1  # a count interval spans at least one count somewhere
+    spread = fig.axes[2].get_images()[0].get_array()
     assert np.nanmax(spread) > 0  # two states disagree somewhere
-    np.testing.assert_allclose(np.nansum(spread), table[:, "Imm_01"].layers["std"].sum(), rtol=1e-4)
+    np.testing.assert_allclose(np.nansum(spread), table[:, "Imm_01"].layers["ensemble_sd"].sum(), rtol=1e-4)
     with pytest.raises(ValueError, match=r"Gene\(s\) \['NOPE'\]"):
         hx.pl.uncertainty(sdata, "NOPE")
-    del table.layers["std"]
-    with pytest.raises(ValueError, match="no layers\\['std'\\]"):
+    del table.layers["upper90"]  # a table of an earlier histex: the spread alone
+    titles = [ax.get_title() for ax in hx.pl.uncertainty(sdata, "Imm_01").axes if ax.get_images()]
+    assert titles == ["Imm_01: prediction", "Imm_01: ensemble sd"]
+    del table.layers["ensemble_sd"]
+    with pytest.raises(ValueError, match="no layers\\['ensemble_sd'\\]"):
         hx.pl.uncertainty(sdata, "Imm_01")

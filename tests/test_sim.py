@@ -72,11 +72,15 @@ def nuclei_frame(classes, centres, radius=6.0):
     return gpd.GeoDataFrame({"class_name": classes}, geometry=polys)
 
 
-def test_from_nuclei_gives_a_section_with_its_truth():
+def two_halves():
+    """A blank 1200 px image with 900 nuclei, tumour on the left half and immune on the right."""
     rng = np.random.default_rng(0)
-    image = np.full((1200, 1200, 3), 235, np.uint8)
     centres = rng.uniform(40, 1160, size=(900, 2))
-    classes = np.where(centres[:, 0] < 600, "tumour", "immune")
+    return np.full((1200, 1200, 3), 235, np.uint8), centres, np.where(centres[:, 0] < 600, "tumour", "immune")
+
+
+def test_from_nuclei_gives_a_section_with_its_truth():
+    image, centres, classes = two_halves()
     sdata = hx.sim.from_nuclei(image, nuclei_frame(classes, centres), mpp=0.5, n_genes=20, seed=3)
     truth, spots = sdata.tables["truth"], sdata.tables["table"]
     assert set(sdata.images) == {"sim_full_image"} and set(sdata.shapes) == {
@@ -116,16 +120,42 @@ def test_from_nuclei_gives_a_section_with_its_truth():
     assert section.mpp == pytest.approx(0.5) and len(section.spots.xy_px) == spots.n_obs
 
 
+def test_from_nuclei_places_whole_transcripts():
+    """whole_counts: each transcript of a cell in one of its bins, by area; the cells' counts are as before."""
+    image, centres, classes = two_halves()
+    nuclei = nuclei_frame(classes, centres)
+    split = hx.sim.from_nuclei(image, nuclei, mpp=0.5, n_genes=20, seed=3)
+    whole = hx.sim.from_nuclei(image, nuclei, mpp=0.5, n_genes=20, seed=3, whole_counts=True)
+    np.testing.assert_array_equal(whole.tables["truth_cells"].X.toarray(), split.tables["truth_cells"].X.toarray())
+    x, fractions = whole.tables["truth"].X.toarray(), split.tables["truth"].X.toarray()
+    assert np.array_equal(x, np.round(x)) and not np.array_equal(fractions, np.round(fractions))
+    np.testing.assert_allclose(x.sum(0), fractions.sum(0), rtol=1e-5)  # every transcript in the grid, once
+    assert np.abs(x - fractions).max() >= 1  # placed, not split
+    # the transcripts' bins follow the area shares: a bin's count has the mean of the fractional split
+    assert abs(np.corrcoef(x.ravel(), fractions.ravel())[0, 1]) > 0.8
+    spots = whole.tables["table"].X.toarray()
+    assert np.array_equal(spots, np.round(spots))  # the spots sum whole counts
+
+
+def test_place_transcripts_draws_bins_by_area_share():
+    import scipy.sparse as sp
+
+    from histex.sim._nuclei import place_transcripts
+
+    weights = sp.csr_matrix(np.array([[0.25, 0.75, 0.0], [0.0, 0.0, 0.5]]))  # cell 1 half outside the grid
+    counts = np.array([[4000.0], [4000.0]])
+    placed = place_transcripts(weights, counts, np.random.default_rng(0)).toarray()[:, 0]
+    np.testing.assert_allclose(placed / 4000, [0.25, 0.75, 0.5], atol=0.03)
+    assert placed[:2].sum() == 4000  # a cell inside the grid loses none
+
+
 def test_from_nuclei_adds_genes_that_the_image_cannot_see():
     """Clone genes follow two regions and gradient genes a smooth field, in every cell whatever its class; the class
     genes, the spots' lattice and the class counts are those of the section without them."""
     from histex._bench import gene_groups
     from histex.sim._hidden import gradient_field
 
-    rng = np.random.default_rng(0)
-    image = np.full((1200, 1200, 3), 235, np.uint8)
-    centres = rng.uniform(40, 1160, size=(900, 2))
-    classes = np.where(centres[:, 0] < 600, "tumour", "immune")
+    image, centres, classes = two_halves()
     frame = nuclei_frame(classes, centres)
     plain = hx.sim.from_nuclei(image, frame, mpp=0.5, n_genes=20, seed=3)
     sdata = hx.sim.from_nuclei(image, frame, mpp=0.5, n_genes=20, clone_genes=5, gradient_genes=4, seed=3)

@@ -38,8 +38,8 @@ def test_table_columns_and_layers(resolved):
     n = table.n_obs
     assert len(shapes) == n and n > 1000
     assert table.X.dtype == np.float32 and (table.X >= 0).all()
-    assert table.layers["std"].shape == table.shape and (table.layers["std"] >= 0).all()
-    assert table.layers["std"].max() > 0  # two states disagree somewhere
+    assert table.layers["ensemble_sd"].shape == table.shape and (table.layers["ensemble_sd"] >= 0).all()
+    assert table.layers["ensemble_sd"].max() > 0  # two states disagree somewhere
     assert {"array_row", "array_col", "region", "instance_id"} <= set(table.obs.columns)
     assert table.obs["region"].cat.categories.tolist() == ["histex_bins"]
     assert table.uns["spatialdata_attrs"]["region"] == "histex_bins"

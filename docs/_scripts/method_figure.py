@@ -274,7 +274,7 @@ def loss_panel(ax, rng):
         1.95,
         2.75,
         1.7,
-        'ensemble of 5 seeded\nstates predicts every\nin-tissue bin:\nmedian → X\nstd → layers["std"]',
+        'ensemble of 5 seeded\nstates predicts every\nin-tissue bin:\nmedian → X\nstd → layers["ensemble_sd"]',
         FUSE,
         fontsize=S * 8.2,
     )

@@ -69,6 +69,7 @@ def load_dataset(
     toy_size_um: float = 1600,
     wsi_size_px: int = 6000,
     hidden_genes: tuple[int, int] = HIDDEN_GENES,
+    whole_counts: bool = False,
 ):
     """A benchmark section with its truth: ``"toy"`` (built in), ``"hgsc_nest"`` (real H&E and nuclei) or
     ``"hgsc_wsi"`` (a ``wsi_size_px`` square of a whole-slide segmentation, at 0.5 µm/px, where it has the most
@@ -76,12 +77,13 @@ def load_dataset(
 
     Of the ``n_genes`` of an HGSC section, ``hidden_genes`` are (clone, gradient) genes that the image cannot see
     (:func:`histex.sim.from_nuclei`), the rest class programmes; the toy has its own groups (``var["group"]``,
-    see :func:`gene_groups`)."""
+    see :func:`gene_groups`). ``whole_counts``: the HGSC sections' bins hold whole counts, each transcript of a cell in
+    one of its bins (:func:`histex.sim.from_nuclei`); the toy's always do."""
     import histex as hx
 
     clone_genes, gradient_genes = (int(n) for n in hidden_genes)
     nuclei_genes = {"n_genes": n_genes - clone_genes - gradient_genes, "clone_genes": clone_genes,
-                    "gradient_genes": gradient_genes}  # fmt: skip
+                    "gradient_genes": gradient_genes, "whole_counts": whole_counts}  # fmt: skip
 
     if name == "toy":
         return hx.datasets.toy(size_um=toy_size_um, n_genes=n_genes, seed=seed)

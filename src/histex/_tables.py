@@ -1,8 +1,11 @@
-"""Which kind of table a tool is given: bins on a grid, or cells at their centroids."""
+"""Which kind of table a tool is given: bins on a grid, or cells at their centroids; what histex's tables hold."""
 
 from __future__ import annotations
 
 import numpy as np
+
+#: The layer of the ensemble's spread (standard deviation over its states) in histex's bin and cell tables.
+SPREAD_LAYER = "ensemble_sd"
 
 
 def layout(table) -> str | None:

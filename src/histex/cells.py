@@ -149,7 +149,31 @@ def cell_expression(fractions: sp.csr_matrix, values, *, quadrature: bool = Fals
     for start in range(0, values.shape[0], block):
         part = fractions[:, start : start + block]
         if part.nnz:
-            rows = values[start : start + block]
-            rows = np.asarray(rows.compute() if hasattr(rows, "compute") else rows, dtype=np.float32)
+            rows = _dense_rows(values, start, block)
             out += part @ (rows**2 if quadrature else rows)
     return np.sqrt(out, out=out) if quadrature else out
+
+
+def cell_variance(
+    fractions: sp.csr_matrix, mean, ensemble_sd, dispersion: np.ndarray, *, block: int = 65536
+) -> np.ndarray:
+    """The variance of each cell's count, for bins whose counts are negative binomial (mean ``mean``, variance
+    ``mean + dispersion * mean**2 + ensemble_sd**2``, :mod:`histex.model.trust`) and independent, a cell taking
+    each bin's transcripts with the probability ``fractions`` gives: ``fractions @ mean + fractions**2 @
+    (dispersion * mean**2 + ensemble_sd**2)``. Arrays as :func:`cell_expression` reads them."""
+    dispersion = np.asarray(dispersion, dtype=np.float32)
+    share = fractions.astype(np.float32).tocsc()
+    share2 = fractions.power(2).astype(np.float32).tocsc()
+    out = np.zeros((fractions.shape[0], mean.shape[1]), dtype=np.float32)
+    for start in range(0, mean.shape[0], block):
+        if share[:, start : start + block].nnz == 0:
+            continue
+        mu, sd = (_dense_rows(a, start, block) for a in (mean, ensemble_sd))
+        out += share[:, start : start + block] @ mu
+        out += share2[:, start : start + block] @ (dispersion * mu**2 + sd**2)
+    return out
+
+
+def _dense_rows(values, start: int, block: int) -> np.ndarray:
+    rows = values[start : start + block]
+    return np.asarray(rows.compute() if hasattr(rows, "compute") else rows, dtype=np.float32)

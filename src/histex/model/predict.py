@@ -17,6 +17,7 @@ from histex.model.fit import FitConfig, Problem, SpotLoss, _TokenGrid, embedding
 
 if TYPE_CHECKING:
     from histex.model.matching import SpotMatch
+    from histex.model.trust import BinTrust
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Prediction:
     mean: np.ndarray  # (n_bins, n_genes): median over states, averaged over windows
     spread: np.ndarray  # (n_bins, n_genes): standard deviation over states, averaged over windows
     embedding: np.ndarray  # (n_bins, dim): first state's embedding
+    lower: np.ndarray | None = None  # (n_bins, n_genes): the predictive interval's ends, in counts (BinTrust)
+    upper: np.ndarray | None = None
 
 
 @dataclass
@@ -177,6 +180,7 @@ def predict(
     transform: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
     out: Prediction | None = None,
     match: SpotMatch | None = None,
+    trust: BinTrust | None = None,
 ) -> Prediction:
     """Predict every in-tissue bin (:func:`predict_blocks`) into one set of arrays.
 
@@ -185,6 +189,8 @@ def predict(
     ``spread`` and ``embedding`` may be any arrays that take row blocks in order, from the top (NumPy arrays, or
     writers into a zarr store); by default they are allocated in memory. ``match`` (a
     :class:`histex.model.matching.SpotMatch`, in the units ``transform`` gives) rescales the blocks to the spots.
+    ``trust`` (a :class:`histex.model.trust.BinTrust`, the final blocks in counts) fills ``out.lower`` and
+    ``out.upper`` with each bin's predictive interval, allocated in memory when ``out`` has none.
     """
     tissue_rows, tissue_cols = np.nonzero(problem.tissue)
     n_bins, n_genes = len(tissue_rows), problem.targets.shape[1]
@@ -196,6 +202,8 @@ def predict(
             spread=np.empty((n_bins, n_genes), dtype=np.float32),
             embedding=np.empty((n_bins, embedding_dim(config, with_context=problem.context is not None)), np.float32),
         )
+    if trust is not None and out.lower is None:
+        out.lower, out.upper = (np.empty((n_bins, n_genes), dtype=np.float32) for _ in range(2))
     blocks = predict_blocks(ensemble, problem, config)
     if transform is not None:
         blocks = (_transformed(b, transform) for b in blocks)
@@ -204,4 +212,6 @@ def predict(
     for block in blocks:
         rows = slice(block.start, block.stop)
         out.mean[rows], out.spread[rows], out.embedding[rows] = block.mean, block.spread, block.embedding
+        if trust is not None:
+            out.lower[rows], out.upper[rows] = trust.add(block.start, block.mean, block.spread)
     return out

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from histex._tables import histex_record, layout
+from histex._tables import SPREAD_LAYER, histex_record, layout
 from histex.pl._cells import cell_layer, draw_cells
 from histex.pl._underlay import check_alpha, draw_underlay, underlay
 
@@ -257,16 +257,19 @@ def uncertainty(
     panel_size: float = 3.2,
     save: str | None = None,
 ):
-    """Predicted expression beside its ensemble spread (``layers["std"]`` of :func:`histex.tl.super_resolve`).
+    """Predicted expression beside the width of its predictive interval (``layers["lower90"]`` and
+    ``layers["upper90"]`` of :func:`histex.tl.super_resolve`), and the ensemble's spread.
 
-    One row per gene: the prediction (counts per bin) and the standard deviation across ensemble states, on one
-    colour scale, so that where the states disagree is seen against how much is predicted. For a cell table of
-    :func:`histex.tl.to_cells` (whose spread is the bins' summed as independent), the cells' outlines.
+    One row per gene: the prediction (counts per bin), the width of the 90% interval of the bin's count (upper minus
+    lower: where a measured count could lie), and the standard deviation across ensemble states (where the states
+    disagree), on one colour scale. The interval is the one a Visium HD bin's count would fall in; the ensemble's
+    spread is one part of it. For a cell table of :func:`histex.tl.to_cells`, the cells' outlines. A table without
+    intervals (written by an earlier histex) shows the spread alone.
 
     Parameters
     ----------
     sdata
-        SpatialData after :func:`histex.tl.super_resolve` with ``n_states > 1``.
+        SpatialData after :func:`histex.tl.super_resolve`.
     genes
         Gene name(s).
     table_key
@@ -284,15 +287,29 @@ def uncertainty(
     """
     import matplotlib.pyplot as plt
 
+    from histex.model.trust import interval_layers
+
     table = sdata.tables[table_key]
-    if "std" not in table.layers:
-        raise ValueError(f"Table {table_key!r} has no layers['std'] (the ensemble spread of super_resolve).")
+    if SPREAD_LAYER not in table.layers:
+        raise ValueError(
+            f"Table {table_key!r} has no layers[{SPREAD_LAYER!r}] (the ensemble spread of super_resolve); predict it "
+            "with this version of histex."
+        )
+    level = float(histex_record(table, "trust").get("level", 0.9))
+    lower, upper = interval_layers(level)
+    has_interval = lower in table.layers and upper in table.layers
     genes = _genes_in(table, genes, table_key)
     cells = cell_layer(sdata, table, table_key, None, image=False) if layout(table) == "cells" else None
-    fig, axes = plt.subplots(len(genes), 2, figsize=(panel_size * 2, panel_size * len(genes)), squeeze=False)
+    n_panels = 3 if has_interval else 2
+    fig, axes = plt.subplots(
+        len(genes), n_panels, figsize=(panel_size * n_panels, panel_size * len(genes)), squeeze=False
+    )
     for i, gene in enumerate(genes):
-        panels = {"prediction": _column(table, gene), "ensemble std": _column(table, gene, "std")}
-        vmax = float(np.percentile(panels["prediction"], 99.5)) or 1.0
+        panels = {"prediction": _column(table, gene)}
+        if has_interval:
+            panels[f"{100 * level:g}% interval width"] = _column(table, gene, upper) - _column(table, gene, lower)
+        panels["ensemble sd"] = _column(table, gene, SPREAD_LAYER)
+        vmax = max(float(np.percentile(v, 99.5)) for v in panels.values()) or 1.0
         for ax, (title, values) in zip(axes[i], panels.items(), strict=True):
             if cells is not None:  # the cells' outlines, in their own coordinates
                 im = draw_cells(ax, cells, values, cmap=cmap, vmin=0, vmax=vmax)

@@ -53,6 +53,7 @@ def from_nuclei(
     gradient_genes: int = 0,
     bin_size_um: float = 8.0,
     dataset_id: str = "sim",
+    whole_counts: bool = False,
     seed: int = 0,
 ):
     """A pseudo-Visium section with known 8 µm truth, from an H&E image and the nuclei segmented on it.
@@ -87,6 +88,11 @@ def from_nuclei(
         Edge of the truth bins.
     dataset_id
         Names the elements (see :func:`histex.sim.visium_like`).
+    whole_counts
+        ``False`` (default): a cell's counts are split over its bins in proportion to area, so that a bin holds the
+        count it is expected to hold, in fractions. ``True``: each of a cell's transcripts falls in one of its bins,
+        drawn by their shares of its area (:func:`place_transcripts`), so that bins hold whole counts as a Visium HD
+        measures them, with their counting noise; the spots sum them.
     seed
         Seeds the programmes, the counts and the position of the spot lattice.
 
@@ -150,7 +156,10 @@ def from_nuclei(
         cells_obs["clone"] = pd.Categorical(np.where(in_clone_a, "A", "B"), categories=["A", "B"])
         cells_obs["gradient"] = field
     cell_counts = sp.csr_matrix(counts)
-    bin_counts = (weights.T @ cell_counts).tocsr()  # (bins, genes)
+    if whole_counts:  # a stream of its own: the cells' counts and the spot lattice stay as they were
+        bin_counts = place_transcripts(weights, counts, np.random.default_rng([seed, 2]))
+    else:
+        bin_counts = (weights.T @ cell_counts).tocsr()  # (bins, genes)
 
     class_names = list(programmes.index.astype(str))
     class_index = pd.Index(class_names).get_indexer(classes)
@@ -198,3 +207,27 @@ def from_nuclei(
     sdata.tables["truth"].var["group"] = group
     add_truth_cells(sdata, polygons, cell_counts, mpp=mpp, var=var.assign(group=group), obs=cells_obs)
     return sdata
+
+
+def place_transcripts(weights: sp.csr_matrix, counts: np.ndarray, rng: np.random.Generator) -> sp.csr_matrix:
+    """Each transcript of each cell placed in one bin, drawn by the cell's area shares (``weights``, cells x bins,
+    a row summing to 1 or less where the cell reaches past the grid: the transcripts of the part outside are lost, as
+    the fractional split loses them). Returns bins x genes whole counts (float32)."""
+    weights = sp.csr_matrix(weights)
+    counts = np.rint(np.asarray(counts)).astype(np.int64)
+    cells, genes = np.nonzero(counts)
+    per_pair = counts[cells, genes]
+    cell, gene = np.repeat(cells, per_pair), np.repeat(genes, per_pair)
+    share_in_grid = np.asarray(weights.sum(axis=1)).ravel()
+    cumulative = np.cumsum(weights.data)
+    before_row = np.concatenate([[0.0], cumulative])[weights.indptr[:-1]]
+    u = rng.random(len(cell))
+    kept = u < share_in_grid[cell]
+    cell, gene, u = cell[kept], gene[kept], u[kept]
+    entry = np.searchsorted(cumulative, before_row[cell] + u, side="right")
+    entry = np.clip(entry, weights.indptr[cell], weights.indptr[cell + 1] - 1)  # rounding at a row's end
+    bins = weights.indices[entry]
+    n_bins = weights.shape[1]
+    placed = sp.csr_matrix((np.ones(len(bins), np.float32), (bins, gene)), shape=(n_bins, counts.shape[1]))
+    placed.sum_duplicates()
+    return placed

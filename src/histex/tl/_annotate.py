@@ -11,6 +11,7 @@ import scipy.sparse as sp
 
 from histex import domains as dm
 from histex._tables import cell_centroids, observation_table
+from histex.tl._trust import select_genes
 
 logger = logging.getLogger("histex")
 
@@ -105,6 +106,7 @@ def annotate(
     layer: str | None = None,
     n_pcs: int = 30,
     n_top_genes: int | None = 2000,
+    genes: str | list[str] | None = None,
     seed: int = 0,
     key_added: str = "domain",
 ) -> None:
@@ -154,6 +156,10 @@ def annotate(
     n_top_genes
         For ``use="expression"``, the principal components use the genes of highest variance of the log-normalised
         expression, this many; ``None``: all. Sparse counts (a Visium HD table of every gene) stay sparse.
+    genes
+        Genes whose expression describes the bins or cells (implies ``use="expression"``): a list, or
+        ``"reliable"`` for those :func:`histex.tl.super_resolve` flags in ``var["reliable"]`` (the genes whose 8 µm
+        maps can be trusted); ``None``: every gene. The counts are still normalised by the totals over all genes.
     seed
         Seed of the clustering.
     key_added
@@ -167,8 +173,13 @@ def annotate(
     ``obs[f"{key_added}_boundary"]``; ``uns[key_added]`` the settings. If the call fails, nothing is written.
     """
     table, kind = observation_table(sdata, table_key)
+    chosen = select_genes(table, genes, table_key)
+    if chosen is not None and use == "embedding":
+        raise ValueError(
+            "genes selects the expression that describes the bins; it cannot be used with use='embedding'."
+        )
     if use is None:
-        use = "embedding" if "X_histex" in table.obsm else "expression"
+        use = "embedding" if "X_histex" in table.obsm and chosen is None else "expression"
     if smooth is None:
         smooth = 1.0 if kind == "bins" else 0.0
     if use not in USES:
@@ -193,6 +204,8 @@ def annotate(
         marker_log = marker_log.toarray() if sp.issparse(marker_log) else marker_log
         scores = dm.marker_scores(marker_log, {k: np.searchsorted(marker_cols, v) for k, v in marker_idx.items()})
     neighbours = _Neighbours(table, kind)
+    if chosen is not None:
+        log_expression = log_expression[:, pd.Index(table.var_names).get_indexer(chosen)]
     values = neighbours.smooth(_representation(table, use, log_expression, n_pcs, n_top_genes), smooth)
     if method == "kmeans":
         domains = dm.kmeans_domains(values, n_domains, seed=seed)
@@ -211,6 +224,7 @@ def annotate(
         "seed": seed,
         "layer": layer or "X",
         "n_top_genes": n_top_genes if use == "expression" else None,
+        "genes": genes if isinstance(genes, str) or genes is None else list(chosen),
     }
     labels = domains.astype(str)
     if marker_idx is not None:

@@ -1,7 +1,7 @@
 """Where ``super_resolve`` puts its bins: arrays in memory, or chunked zarr arrays in the SpatialData's own store.
 
 The predictions are written block by block as :func:`histex.model.predict` yields them, so that a whole slide
-(500,000 bins x 1,000 genes is 2 GB in float32, twice with the spread) is never held twice, and on a backed
+(500,000 bins x 1,000 genes is 2 GB in float32, four times with the spread and the interval) is never held twice, and on a backed
 SpatialData not even once. Until :meth:`BinsOutput.finish`, ``sdata`` shows nothing new: on a backed store the
 table is written under a staging name and renamed at the end; :meth:`BinsOutput.abort` removes whatever was staged.
 """
@@ -16,6 +16,7 @@ import pandas as pd
 
 from histex import _sdata
 from histex._backing import STAGING_SUFFIX, drop_element, is_backed, quiet_zarr_notices
+from histex._tables import SPREAD_LAYER
 from histex.model.predict import Prediction
 
 logger = logging.getLogger("histex")
@@ -71,12 +72,25 @@ class BinsOutput:
         Genes, the table's ``var_names``.
     embedding_dim
         Width of ``obsm["X_histex"]``.
+    interval
+        Names of the layers of the predictive interval's ends (:func:`histex.model.trust.interval_layers`), or
+        ``None`` for none.
     to_store
         Write the arrays into ``sdata``'s zarr store as they are computed (needs a backed ``sdata``).
     """
 
     def __init__(
-        self, sdata, key_added: str, grid, rows, cols, transformations, gene_names, embedding_dim: int, to_store: bool
+        self,
+        sdata,
+        key_added: str,
+        grid,
+        rows,
+        cols,
+        transformations,
+        gene_names,
+        embedding_dim: int,
+        to_store: bool,
+        interval: tuple[str, str] | None = None,
     ):
         self.sdata, self.key, self.bins_key = sdata, key_added, f"{key_added}_bins"
         self.shapes, self.obs = _sdata.bin_elements(
@@ -88,20 +102,22 @@ class BinsOutput:
         self.shape = (len(rows), len(gene_names))
         self.embedding_dim = embedding_dim
         self.to_store = to_store
+        self.interval = interval
         self._staged: dict[str, str] = {}  # kind -> staging name of what this run has written to the store
         self.prediction: Prediction | None = None
+
+    def _arrays(self) -> dict[str, int]:
+        """The table's arrays, by their path in the store, with their widths."""
+        n_genes = self.shape[1]
+        names = ["X", f"layers/{SPREAD_LAYER}", *(f"layers/{name}" for name in self.interval or ())]
+        return {**dict.fromkeys(names, n_genes), "obsm/X_histex": self.embedding_dim}
 
     def open(self) -> Prediction:
         """The arrays that :func:`histex.model.predict` fills: in memory, or written to a staged table in the store."""
         n_bins, n_genes = self.shape
         if not self.to_store:
-            self.prediction = Prediction(
-                rows=self.rows,
-                cols=self.cols,
-                mean=np.empty(self.shape, dtype=np.float32),
-                spread=np.empty(self.shape, dtype=np.float32),
-                embedding=np.empty((n_bins, self.embedding_dim), dtype=np.float32),
-            )
+            arrays = {name: np.empty((n_bins, width), dtype=np.float32) for name, width in self._arrays().items()}
+            self.prediction = self._prediction(arrays)
             return self.prediction
         import anndata as ad
         import dask.array as da
@@ -111,7 +127,7 @@ class BinsOutput:
         group = self._zarr_group("tables", staging)
         chunk_rows = max(1, min(n_bins, _CHUNK_BYTES // 4 // min(n_genes, _CHUNK_GENES)))
         arrays = {}
-        for name, width in (("X", n_genes), ("layers/std", n_genes), ("obsm/X_histex", self.embedding_dim)):
+        for name, width in self._arrays().items():
             parent, _, leaf = name.rpartition("/")
             chunks = (chunk_rows, min(width, _CHUNK_GENES))
             # zero chunks are not stored: this writes the arrays' metadata (as AnnData encodes them), no data
@@ -120,14 +136,27 @@ class BinsOutput:
                 write_elem(group[parent] if parent else group, leaf, zeros, dataset_kwargs={"chunks": chunks})
             arrays[name] = RowWriter(group[name])
         logger.info("Writing the predictions into the SpatialData's store %s.", self.sdata.path)
-        self.prediction = Prediction(
+        self.prediction = self._prediction(arrays)
+        return self.prediction
+
+    def _prediction(self, arrays: dict) -> Prediction:
+        lower, upper = (arrays[f"layers/{name}"] for name in self.interval) if self.interval else (None, None)
+        return Prediction(
             rows=self.rows,
             cols=self.cols,
             mean=arrays["X"],
-            spread=arrays["layers/std"],
+            spread=arrays[f"layers/{SPREAD_LAYER}"],
             embedding=arrays["obsm/X_histex"],
+            lower=lower,
+            upper=upper,
         )
-        return self.prediction
+
+    def _layers(self) -> dict:
+        pred = self.prediction
+        layers = {SPREAD_LAYER: pred.spread}
+        if self.interval:
+            layers.update(zip(self.interval, (pred.lower, pred.upper), strict=True))
+        return layers
 
     def write_bins(self) -> None:
         """Write the bin squares to the store (staged); in memory they are placed by :meth:`finish`."""
@@ -148,8 +177,8 @@ class BinsOutput:
             self._drop("shapes", self.bins_key)
             self._drop("tables", self.key)
             self.sdata.shapes[self.bins_key] = self.shapes
-            layers, obsm = {"std": pred.spread}, {"X_histex": pred.embedding}
-            table = ad.AnnData(X=pred.mean, obs=self.obs, var=self.var, layers=layers, obsm=obsm)
+            obsm = {"X_histex": pred.embedding}
+            table = ad.AnnData(X=pred.mean, obs=self.obs, var=self.var, layers=self._layers(), obsm=obsm)
             self.sdata.tables[self.key] = self._table(table, uns)
             return
         import dask.array as da
@@ -173,7 +202,8 @@ class BinsOutput:
             self.sdata.write_consolidated_metadata()
         group = self._zarr_group("tables", self.key, mode="r")
         table.X = da.from_zarr(group["X"])
-        table.layers["std"] = da.from_zarr(group["layers/std"])
+        for name in self._layers():
+            table.layers[name] = da.from_zarr(group[f"layers/{name}"])
         table.obsm["X_histex"] = da.from_zarr(group["obsm/X_histex"])
         self.sdata.shapes[self.bins_key] = self.shapes
         self.sdata.tables[self.key] = table

@@ -12,7 +12,7 @@ import pandas as pd
 from histex import cells as _cells
 from histex._backing import drop_element, is_backed, quiet_zarr_notices
 from histex._sdata import _choices, element_transformations, full_resolution, to_image_pixels
-from histex._tables import histex_record
+from histex._tables import SPREAD_LAYER, histex_record
 from histex.geometry import BinGrid
 from histex.pp._features import tissue_key
 
@@ -64,8 +64,11 @@ def to_cells(
     -------
     str
         ``key_added``. ``tables[key_added]`` has one row per cell, annotating the cells (``obs["region"]``,
-        ``obs["cell_id"]``: the cell's index or label): ``X`` the counts (float32), ``layers["std"]`` the spread of
-        the bins summed as independent (square root of the share-weighted sum of their variances),
+        ``obs["cell_id"]``: the cell's index or label): ``X`` the counts (float32), ``layers["ensemble_sd"]`` the
+        spread of the bins summed as independent (square root of the share-weighted sum of their variances), the
+        cells' predictive interval where the bins have one (``layers["lower90"]``, ``layers["upper90"]``: the
+        cell's count as negative binomial with the mean and variance of its bins' counts summed,
+        :func:`histex.cells.cell_variance`),
         ``obs["area_um2"]``, ``obs["bin_coverage"]`` the share of the cell's area on the table's bins,
         ``obs["has_bins"]``, ``obsm["spatial"]`` the cell centroids in the cells' own coordinates, and
         ``uns["histex"]``. Cells with no bin under them are kept with zero counts, flagged in ``has_bins`` and
@@ -111,7 +114,10 @@ def to_cells(
     flat = bins.obs["array_row"].to_numpy(np.int64) * grid.n_cols + bins.obs["array_col"].to_numpy(np.int64)
     fractions = _cells.bin_fractions(overlap.overlap, flat, grid.bin_px**2)
     counts = _cells.cell_expression(fractions, bins.X)
-    spread = _cells.cell_expression(fractions, bins.layers["std"], quadrature=True) if "std" in bins.layers else None
+    spread = interval = None
+    if SPREAD_LAYER in bins.layers:
+        spread = _cells.cell_expression(fractions, bins.layers[SPREAD_LAYER], quadrature=True)
+        interval = _cell_interval(bins, fractions, counts)
     covered = np.asarray(fractions.sum(axis=1)).ravel() * grid.bin_px**2
     with np.errstate(invalid="ignore", divide="ignore"):
         coverage = np.where(overlap.area > 0, np.minimum(covered / overlap.area, 1.0), 0.0)
@@ -137,7 +143,9 @@ def to_cells(
     )
     table = ad.AnnData(X=counts, obs=obs, var=bins.var[[]].copy(), obsm={"spatial": overlap.centroid})
     if spread is not None:
-        table.layers["std"] = spread
+        table.layers[SPREAD_LAYER] = spread
+    if interval is not None:
+        table.layers.update(interval)
     table.uns["histex"] = {
         "params": {"cells_key": cells_key, "table_key": table_key, "expand_um": float(expand_um)},
         "data": {
@@ -321,3 +329,20 @@ def _grown_labels(element, labels):
     from spatialdata.models import Labels2DModel
 
     return Labels2DModel.parse(labels, dims=("y", "x"), transformations=dict(element_transformations(element)))
+
+
+def _cell_interval(bins, fractions, counts: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The cells' predictive interval at the bins' level, or ``None`` for bins without one (no dispersion)."""
+    from histex.model import trust
+
+    record = histex_record(bins, "trust")
+    if not record or "dispersion" not in bins.var:
+        return None
+    variance = _cells.cell_variance(fractions, bins.X, bins.layers[SPREAD_LAYER], bins.var["dispersion"].to_numpy())
+    mean = counts.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dispersion = np.where(mean > 0, np.maximum(variance - mean, 0.0) / mean**2, 0.0)
+    level = float(record["level"])
+    draws = trust.bin_draws(0, *mean.shape, seed=int(histex_record(bins, "params").get("seed", 0)))
+    lower, upper = trust.count_interval(mean, dispersion, level, draws=draws)
+    return dict(zip(trust.interval_layers(level), (lower, upper), strict=True))

@@ -10,6 +10,7 @@ import pandas as pd
 from histex import gene_sets as gs
 from histex._tables import observation_table
 from histex.tl._annotate import log_normalised
+from histex.tl._trust import select_genes
 
 logger = logging.getLogger("histex")
 
@@ -29,6 +30,7 @@ def enrich(
     rank_method: str = "t-test",
     layer: str | None = None,
     bin_scores: bool = True,
+    genes: str | list[str] | None = None,
     key_added: str = "enrichment",
 ) -> pd.DataFrame:
     """Gene set enrichment per domain (or cell type) from marker genes, and a score per bin (or cell) and gene set.
@@ -68,6 +70,9 @@ def enrich(
         Layer with the counts; default ``X``.
     bin_scores
         Write the scores of every bin (or cell).
+    genes
+        Genes to test and score: a list, or ``"reliable"`` for those :func:`histex.tl.super_resolve` flags in
+        ``var["reliable"]``; the gene sets are restricted to them (the universe of ``"ora"``). ``None``: every gene.
     key_added
         Key of what is written.
 
@@ -86,15 +91,19 @@ def enrich(
     if rank_method not in RANK_METHODS:
         raise ValueError(f"rank_method must be one of {RANK_METHODS}, got {rank_method!r}.")
     groups = _groups(table, groupby)
-    sets = gs.restrict(gs.as_dict(gene_sets), list(table.var_names), min_size=min_size)
+    chosen = select_genes(table, genes, table_key)
+    names = table.var_names if chosen is None else pd.Index(chosen)
+    sets = gs.restrict(gs.as_dict(gene_sets), list(names), min_size=min_size)
     net = gs.as_network(sets)
     if n_markers is None:
-        n_markers = max(5, int(np.ceil(0.05 * table.n_vars)))
+        n_markers = max(5, int(np.ceil(0.05 * len(names))))
     if n_markers < 1:
         raise ValueError(f"n_markers must be at least 1, got {n_markers}.")
 
     log_expression = log_normalised(table, layer, keep_sparse=True)  # a sparse HD table of every gene stays sparse
-    markers = rank_markers(log_expression, groups, table.var_names, rank_method=rank_method)
+    if chosen is not None:  # normalised by the totals over every gene, then only the chosen ones
+        log_expression = log_expression[:, table.var_names.get_indexer(chosen)]
+    markers = rank_markers(log_expression, groups, names, rank_method=rank_method)
     if method == "ora":
         results = _ora(markers, net, n_markers=n_markers, min_size=min_size)
     else:
@@ -102,7 +111,7 @@ def enrich(
     results = _tidy(results, markers, sets, order=list(groups.cat.categories))
     scores = None
     if bin_scores:
-        scores = _bin_scores(log_expression, table.obs_names, table.var_names, sets)
+        scores = _bin_scores(log_expression, table.obs_names, names, sets)
     del log_expression
 
     # Everything is computed; now write.
@@ -116,6 +125,7 @@ def enrich(
         "rank_method": rank_method,
         "layer": layer or "X",
         "n_sets": len(sets),
+        "genes": genes if isinstance(genes, str) or genes is None else list(chosen),
     }
     if scores is not None:
         table.obsm[f"{key_added}_scores"] = scores

@@ -12,12 +12,12 @@ from typing import NamedTuple
 import numpy as np
 
 from histex import _sdata, geometry
-from histex.model import Problem, TargetScaler, context_points, readout
+from histex.model import Problem, TargetScaler, context_points, readout, trust
 from histex.model.checkpoint import Checkpoint
 from histex.model.ensemble import Ensemble, compute_dtype
 from histex.model.features import fit_scaling, tissue_moments, tokens
 from histex.model.fit import FitConfig, bins_per_spot, default_batch_size, embedding_dim, resolve_device, train
-from histex.model.matching import ShapeChoice, SpotMatch, spot_consistency
+from histex.model.matching import ShapeChoice, SpotMatch, disk_incidence, spot_consistency
 from histex.model.predict import predict, predict_spots
 from histex.model.settings import PRESETS, HistexSettings
 from histex.tl import _trained as model_folder
@@ -279,10 +279,11 @@ class HistexModel:
         to_store = wants_store(sdata, to_store)
         timer, (inputs,), (problem,) = self._fit([sdata], device=device, show_progress=show_progress, **fit_args)
         network = self._network_for(True, resolve_device(device), show_progress)
-        counts = self._spot_counts(inputs, self._layer(None)) if self.settings.match_spots else None
+        counts = self._spot_counts(inputs, self._layer(None))
         return self._write(
-            sdata, inputs, problem, network, key_added=key_added, to_store=to_store, timer=timer, counts=counts
-        )
+            sdata, inputs, problem, network, key_added=key_added, to_store=to_store, timer=timer, counts=counts,
+            match=self.settings.match_spots,
+        )  # fmt: skip
 
     def _fit(
         self,
@@ -350,6 +351,10 @@ class HistexModel:
                 checkpoint = Checkpoint(checkpoint.folder / "image_states", checkpoint.every)
             image_ensemble, _ = train(problems, image_config, checkpoint=checkpoint)
         n_spots = [len(p.targets) for p in problems]
+        # the genes' dispersion on the training spots: the intervals of sections predicted without spots
+        dispersion = np.average(
+            [trust.spot_dispersion(c, i.spot_rc) for c, i in zip(counts, inputs, strict=True)], axis=0, weights=n_spots
+        )
         self._trained = Trained(
             ensemble=ensemble,
             history=history,
@@ -363,6 +368,7 @@ class HistexModel:
             spot_diameter_um=float(spot_diameter_um),
             window=window,
             bins_per_spot=float(np.average([bins_per_spot(p, window) for p in problems], weights=n_spots)),
+            dispersion=dispersion,
             data={
                 "layer": layer or "X",
                 "genes_given": genes is not None,
@@ -485,8 +491,8 @@ class HistexModel:
             timer.lap("readout")
         match = self.settings.match_spots if match_spots is None else bool(match_spots)
         return self._write(
-            sdata, inputs, problem, network, key_added=key_added, to_store=to_store, timer=timer,
-            counts=counts if match else None, shapes=match_shapes,
+            sdata, inputs, problem, network, key_added=key_added, to_store=to_store, timer=timer, counts=counts,
+            match=match, shapes=match_shapes,
         )  # fmt: skip
 
     def _read_section(self, sdata, *, use_spots: bool, **keys) -> SectionInputs:
@@ -553,10 +559,14 @@ class HistexModel:
         config = self._config(t.window, device, show_progress)
         return _Network(t.ensemble.to(device), config, how, bool(use_spots))
 
-    def _write(self, sdata, inputs, problem, network, *, key_added, to_store, timer, counts=None, shapes=None) -> str:
-        """Predict the section into its output; ``counts`` (the spots' measured counts) match the bins to them, each
-        gene's shape first chosen on the spots with ``shapes`` (default: the settings)."""
+    def _write(
+        self, sdata, inputs, problem, network, *, key_added, to_store, timer, counts=None, match=False, shapes=None
+    ) -> str:
+        """Predict the section into its output. ``counts`` (the spots' measured counts, when the spots are used) fit
+        the genes' dispersion and check the network; with ``match`` they set the bins' level, each gene's shape first
+        chosen on the spots with ``shapes`` (default: the settings)."""
         t = self._trained
+        counts = counts if network.use_spots else None
         ensemble, config = network.ensemble, network.config
         per_spot = bins_per_spot(problem, t.window) if len(problem.spot_rc) else t.bins_per_spot
         tissue_rows, tissue_cols = np.nonzero(problem.tissue)
@@ -570,25 +580,35 @@ class HistexModel:
             gene_names=t.genes,
             embedding_dim=embedding_dim(config, with_context=problem.context is not None),
             to_store=to_store,
+            interval=trust.interval_layers(trust.LEVEL),
         )
         timer.lap("write")
         try:
             # Into the output's arrays block by block (in memory, or the store's chunks): the slide's predictions
             # exist once. Nothing shows in sdata until finish(); a failure removes what was staged in the store.
             to_counts = t.scaler.block_to_counts_per_bin(per_spot)
-            match = choice = None
-            if network.use_spots and counts is not None:
+            spot_match = choice = None
+            bin_rc = np.column_stack([tissue_rows, tissue_cols])
+            if counts is not None and match:
                 if self.settings.match_shapes if shapes is None else bool(shapes):
                     choice = self._shapes(ensemble, problem, config, counts, per_spot)
                     timer.lap("shapes")
                 # in counts, as the blocks come: each disk's bins sum to what its spot measured
-                bin_rc = np.column_stack([tissue_rows, tissue_cols])
-                match = SpotMatch(problem.spot_rc, problem.radius_bins, counts, bin_rc)
+                spot_match = SpotMatch(problem.spot_rc, problem.radius_bins, counts, bin_rc)
+            bin_trust = self._trust(problem, counts, bin_rc, summed=spot_match is None)
             transform = to_counts if choice is None else _then(to_counts, choice)
-            predict(ensemble, problem, config, transform=transform, out=output.open(), match=match)
-            if match is not None:
-                # how well the network alone explained each gene's spots, before they set its level
-                output.var["spot_consistency"] = spot_consistency(match.sums, match.measured).astype(np.float32)
+            predict(
+                ensemble, problem, config, transform=transform, out=output.open(), match=spot_match, trust=bin_trust
+            )
+            consistency = None
+            if counts is not None:
+                # how well the network alone explained each gene's spots (before they set its level, if matched)
+                if spot_match is None:
+                    consistency = spot_consistency(bin_trust.disk_sums, counts)
+                else:  # the spots it matched to (a spot without bins under its disk has no sum)
+                    consistency = spot_consistency(spot_match.sums, spot_match.measured)
+                output.var["spot_consistency"] = consistency.astype(np.float32)
+            trust_meta = self._reliability(output.var, bin_trust, consistency, dispersion_from_spots=counts is not None)
             if choice is not None:
                 output.var["shape_own"] = (1.0 - choice.shared - choice.flat).astype(np.float32)
                 output.var["shape_shared"] = choice.shared.astype(np.float32)
@@ -596,8 +616,9 @@ class HistexModel:
             output.write_bins()
             timer.lap("write")
             meta = self._meta(inputs, problem, network, per_spot, to_store=to_store)
-            meta["params"]["match_spots"] = match is not None  # what was done, not only what the settings say
+            meta["params"]["match_spots"] = spot_match is not None  # what was done, not only what the settings say
             meta["params"]["match_shapes"] = choice is not None
+            meta["trust"] = trust_meta
             meta["timings"] = dict(timer.timings)
             output.finish(plain(meta))
         except BaseException:
@@ -605,6 +626,38 @@ class HistexModel:
             raise
         logger.info("Wrote shapes %r and table %r (%d bins x %d genes).", output.bins_key, key_added, *output.shape)
         return key_added
+
+    def _trust(self, problem, counts, bin_rc, *, summed: bool) -> trust.BinTrust:
+        """The intervals' and reliability's accumulator: the genes' dispersion from the section's spots when it has
+        them, else the training spots'; with ``summed``, the final prediction summed over the spots' disks."""
+        began = time.perf_counter()
+        if counts is None:
+            return trust.BinTrust(self._trained.dispersion, seed=self.settings.seed)
+        dispersion = trust.spot_dispersion(counts, problem.spot_rc)
+        incidence = disk_incidence(problem.spot_rc, problem.radius_bins, bin_rc) if summed else None
+        bin_trust = trust.BinTrust(dispersion, incidence=incidence, seed=self.settings.seed)
+        bin_trust.seconds += time.perf_counter() - began
+        return bin_trust
+
+    @staticmethod
+    def _reliability(var, bin_trust: trust.BinTrust, consistency, *, dispersion_from_spots: bool) -> dict:
+        """Write the genes' dispersion, expected Pearson, reliability and flag to ``var``; return ``uns``'s record."""
+        began = time.perf_counter()
+        expected = bin_trust.expected_pearson()
+        reliability = trust.reliability(expected, consistency)
+        var["dispersion"] = bin_trust.dispersion.astype(np.float32)
+        var["expected_pearson"] = expected.astype(np.float32)
+        var["reliability"] = reliability.astype(np.float32)
+        var["reliable"] = reliability >= trust.RELIABLE
+        seconds = bin_trust.seconds + time.perf_counter() - began
+        return {
+            "level": bin_trust.level,
+            "interval_layers": list(trust.interval_layers(bin_trust.level)),
+            "reliable_threshold": trust.RELIABLE,
+            "dispersion": "section spots" if dispersion_from_spots else "training spots",
+            "checked_on_spots": consistency is not None,
+            "seconds": seconds,
+        }
 
     def _shapes(self, ensemble, problem, config, counts, per_spot) -> ShapeChoice:
         """Each gene's shape within a spot, chosen on the spots' windows predicted as at training."""

@@ -12,6 +12,7 @@ import pandas as pd
 from histex import _sdata
 from histex._tables import bin_table, histex_record
 from histex.tl._annotate import log_normalised
+from histex.tl._trust import select_genes
 
 logger = logging.getLogger("histex")
 
@@ -48,8 +49,9 @@ def spatial_patterns(
     table_key
         The bin table.
     genes
-        Genes to score; default every gene of the bin table that the spot table also has (every gene of the bin
-        table when there are no spots).
+        Genes to score: a list, or ``"reliable"`` for those :func:`histex.tl.super_resolve` flags in
+        ``var["reliable"]``; default every gene of the bin table that the spot table also has (every gene of the
+        bin table when there are no spots).
     spots_table_key
         The table of Visium spot counts; default the one :func:`histex.tl.super_resolve` learned from (recorded in
         the bin table's ``uns["histex"]``). Without either, as for a Visium HD table, only the bins are scored and
@@ -173,10 +175,8 @@ def _genes(table, table_key, spots, spots_table_key, genes) -> list[str]:
                 f"(e.g. {', '.join(in_bins[:3])} and {', '.join(in_spots[:3])})."
             )
         return chosen
-    genes = [str(g) for g in pd.unique(pd.Series([genes] if isinstance(genes, str) else list(genes), dtype=object))]
-    if not genes:
-        raise ValueError("genes is empty; pass None to score every gene.")
-    for name, key, names in (("bin", table_key, in_bins), ("spot", spots_table_key, in_spots)):
+    genes = select_genes(table, genes, table_key)  # checked against the bins; "reliable": those flagged
+    for name, key, names in (("spot", spots_table_key, in_spots),):
         absent = [g for g in genes if g not in names]
         if absent:
             shown = ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else "")

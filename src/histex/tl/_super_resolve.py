@@ -132,7 +132,7 @@ def super_resolve(
         Name of the output table; the bins are ``shapes[f"{key_added}_bins"]``.
     to_store
         Write the output into ``sdata``'s zarr store as it is computed, the predictions chunk by chunk, so that a
-        whole slide's bins x genes never sit in memory: ``X``, ``layers["std"]`` and ``obsm["X_histex"]`` are then
+        whole slide's bins x genes never sit in memory: ``X``, ``layers["ensemble_sd"]`` and ``obsm["X_histex"]`` are then
         dask arrays read from the store. ``None`` (default): when ``sdata`` is backed (written with
         :meth:`~spatialdata.SpatialData.write` or read with :func:`spatialdata.read_zarr`). ``False`` keeps
         everything in memory.
@@ -145,7 +145,7 @@ def super_resolve(
         The key of the new table, ``key_added``. ``sdata`` gains two elements:
 
         * ``shapes[f"{key_added}_bins"]``: one square polygon per in-tissue bin, in the image's coordinate systems;
-        * ``tables[key_added]``: bins x genes; ``X`` predicted counts per bin (float32), ``layers["std"]`` the
+        * ``tables[key_added]``: bins x genes; ``X`` predicted counts per bin (float32), ``layers["ensemble_sd"]`` the
           ensemble spread, ``obs["array_row"]`` and ``obs["array_col"]`` (for :func:`spatialdata.rasterize_bins`),
           ``obsm["spatial"]`` bin centres in image pixels, ``obsm["X_histex"]`` the fused embedding, and
           ``uns["histex"]`` the parameters, versions, training history and timings.

@@ -37,6 +37,7 @@ class Trained:
     spot_diameter_um: float
     window: int
     bins_per_spot: float  # over the training spots: the divisor for sections without spots
+    dispersion: np.ndarray  # per gene, on the training spots (histex.model.trust.spot_dispersion)
     data: dict  # layer, genes_given, n_top_genes, sections (their description), fine_tuned
     batch_size: int
     device: str
@@ -124,6 +125,7 @@ def save(trained: Trained, variant: str, settings: HistexSettings, path: str | P
         "spot_diameter_um": t.spot_diameter_um,
         "window": t.window,
         "bins_per_spot": t.bins_per_spot,
+        "dispersion": np.asarray(t.dispersion, float).tolist(),
         "trained_on": t.data,
         "batch_size": t.batch_size,
         "device": t.device,
@@ -182,6 +184,8 @@ def load(path: str | Path, device: str | None) -> tuple[str, HistexSettings, Tra
             spot_diameter_um=float(manifest["spot_diameter_um"]),
             window=window,
             bins_per_spot=float(manifest["bins_per_spot"]),
+            # models saved before the intervals existed have none: Poisson intervals
+            dispersion=np.asarray(manifest.get("dispersion") or np.zeros(n_genes), dtype=np.float64),
             data=manifest["trained_on"],
             batch_size=int(manifest["batch_size"]),
             device=str(manifest["device"]),
