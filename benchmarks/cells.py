@@ -40,7 +40,8 @@ PITCH_UM, RADIUS_UM, MPP, BIN_UM = 10.0, 3.0, 0.5, 8.0
 
 def slide(folder: Path, n_cells: int, n_genes: int, seed: int = 0):
     """A backed SpatialData: a small stand-in H&E (only its placement is read), the bins table in the store, and
-    ``n_cells`` nucleus polygons in H&E pixels."""
+    ``n_cells`` nucleus polygons in H&E pixels.
+    """
     import anndata as ad
     import geopandas as gpd
     import pandas as pd

@@ -225,7 +225,8 @@ def main() -> None:
 
 def bins_output(problem, mpp, n_genes: int, dim: int, store: Path | None):
     """The bins' shapes and table as ``super_resolve`` writes them, on a stand-in image: in memory, or streamed into
-    the zarr store at ``store``."""
+    the zarr store at ``store``.
+    """
     import shutil
 
     import dask.array as da

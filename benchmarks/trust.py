@@ -50,7 +50,8 @@ def aligned(pred, truth, layer: str | None = None) -> tuple[np.ndarray, np.ndarr
 
 def least_coverage(mean: np.ndarray, dispersion: np.ndarray, level: float) -> np.ndarray:
     """Per gene, the mean over bins of ``max(level, P(most likely count))``: an interval that holds at least one
-    count holds at least that count's probability."""
+    count holds at least that count's probability.
+    """
     mean = np.maximum(mean, 1e-12)
     r = 1 / np.maximum(dispersion, 1e-9)
     mode = np.floor(np.maximum(mean * (1 - np.minimum(dispersion, 1.0)), 0))

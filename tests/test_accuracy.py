@@ -25,6 +25,7 @@ def scored():
     }
 
 
+@pytest.mark.slow  # the module's scored section: 30 s to fit
 def test_histex_beats_interpolation_of_the_spots(scored):
     print(scored)
     assert scored["histex"] >= scored["interpolation"] + 0.05
@@ -32,6 +33,7 @@ def test_histex_beats_interpolation_of_the_spots(scored):
     assert scored["histex_expected"] >= scored["interpolation_expected"] + 0.1
 
 
+@pytest.mark.slow  # the module's scored section: 30 s to fit
 def test_predictions_are_counts_per_bin(scored):
     """Mapped back to counts, the bins hold about as many counts as the true 8 µm bins (not scaled targets)."""
     assert 0.85 < scored["total_ratio"] < 1.15

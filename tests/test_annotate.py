@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from conftest import compartment_markers
+from helpers import compartment_markers
 from sklearn.metrics import adjusted_rand_score
 
 import histex as hx
@@ -48,6 +48,7 @@ def test_labelled_domains_recover_the_planted_compartments(toy):
     assert truth.uns["domain"]["use"] == "expression" and truth.uns["domain"]["n_domains"] == 6
 
 
+@pytest.mark.slow
 def test_domains_of_super_resolved_bins(toy):
     sdata, markers = toy
     hx.pp.extract_features(sdata, show_progress=False)

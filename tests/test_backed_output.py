@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import spatialdata as sd
 import zarr
-from conftest import fingerprint
+from helpers import fingerprint
 
 import histex as hx
 from histex.tl import _bins_output
@@ -49,6 +49,7 @@ def test_row_writer_writes_each_chunk_once_in_order(tmp_path):
         writer[10:12] = values[10:12]
 
 
+@pytest.mark.slow
 def test_backed_sdata_gets_the_output_in_its_store(backed, small_toy, monkeypatch):
     sdata, path = backed
     in_memory = sd.deepcopy(small_toy)
@@ -107,6 +108,7 @@ def test_backed_sdata_gets_the_output_in_its_store(backed, small_toy, monkeypatc
     assert len(figure.axes) >= 2
 
 
+@pytest.mark.slow
 def test_failed_backed_run_leaves_the_store_as_it_was(backed, monkeypatch, caplog):
     sdata, path = backed
     with caplog.at_level("INFO", logger="histex"):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import spatialdata as sd
-from conftest import fingerprint
+from helpers import fingerprint
 from spatialdata.models import ShapesModel, TableModel
 from spatialdata.transformations import Identity, Translation, set_transformation
 
@@ -73,7 +73,7 @@ def test_requested_genes_absent(toy):
     _fails(toy, "2 requested gene.*NOPE1, NOPE2", genes=["Epi_01", "NOPE1", "NOPE2"])
 
 
-@pytest.mark.parametrize("value, match", [(-1.0, "negative"), (np.nan, "NaN")])
+@pytest.mark.parametrize(("value", "match"), [(-1.0, "negative"), (np.nan, "NaN")])
 def test_negative_or_nan_counts(toy, value, match):
     table = toy.tables["table"]
     x = table.X.toarray()

@@ -5,11 +5,12 @@ import re
 
 import pandas as pd
 import pytest
-from scripts import benchmark_script
+from helpers import benchmark_script
 
 from histex._bench import load_dataset, run_bench_command, run_benchmark
 
 
+@pytest.mark.slow
 def test_bench_scores_models_and_baselines(tmp_path):
     results = run_bench_command(
         tmp_path, datasets=["toy"], methods=["histex", "image_only", "linear"], n_genes=20, epochs=3, n_states=1,
@@ -19,8 +20,11 @@ def test_bench_scores_models_and_baselines(tmp_path):
     assert list(results["method"]) == [m for m in ["histex", "image_only", "linear"] for _ in groups]
     assert list(results["group"].unique()) == groups  # the toy's groups, by what shows them
     assert results[["pearson", "ssim", "rmse", "spot_consistency", "seconds", "peak_rss_mb"]].notna().all().all()
-    assert (results["pearson"].between(-1, 1)).all() and (results["rmse"] >= 0).all()
+    assert results["rmse"].between(0.01, 0.5).all()
     everything = results[results["group"] == "all"].set_index("method")
+    clones = results[results["group"] == "clone"].set_index("method")["pearson"]
+    # the clones look alike in the image: only a method with the spots maps them (measured 0.75, 0.74 against 0.41)
+    assert min(clones["histex"], clones["linear"]) > clones["image_only"] + 0.2
     assert everything.loc["linear", "pearson"] > 0.2  # the toy's spots carry signal
     # matched to its spots, histex sums over each disk to what the spot measured; image-only does not
     assert everything.loc["histex", "spot_consistency"] > 0.97 > everything.loc["image_only", "spot_consistency"]
@@ -39,6 +43,7 @@ def test_bench_refuses_unknown_methods_and_datasets(tmp_path):
         load_dataset("hgsc_nest", data_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_bench_command_without_data_runs_the_toy_and_says_what_it_skipped(tmp_path, capsys):
     """As a new user runs it: no --data-dir. The toy runs; the HGSC sections are skipped, each with its files."""
     from histex.cli import main
@@ -64,6 +69,7 @@ def test_bench_command_without_data_runs_the_toy_and_says_what_it_skipped(tmp_pa
     assert not (tmp_path / "named").exists()
 
 
+@pytest.mark.slow
 def test_cohort_benchmark_writes_the_keys_of_its_json(tmp_path):
     """benchmarks/cohort.py on two small sections: every figure of cohort.json, as named, and a worker killed
     mid-cohort (SIGKILL) after which every row is done, complete and readable, and nothing is left half-written."""
@@ -79,6 +85,7 @@ def test_cohort_benchmark_writes_the_keys_of_its_json(tmp_path):
     assert 0 <= written["overhead_s_per_section"] < written["seconds_1_worker"] / 2
 
 
+@pytest.mark.slow
 def test_trust_benchmark_writes_the_keys_of_its_json(tmp_path):
     """benchmarks/trust.py on a small toy: per section, exactly the issue's four figures; the calibration beside."""
     module = benchmark_script("trust")
@@ -99,6 +106,7 @@ def test_trust_benchmark_writes_the_keys_of_its_json(tmp_path):
     assert (tmp_path / "calibration.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_transfer_benchmark_writes_the_keys_of_its_json(tmp_path):
     """benchmarks/transfer.py on a small toy family: every figure of transfer.json, as named."""
     module = benchmark_script("transfer")
@@ -108,11 +116,15 @@ def test_transfer_benchmark_writes_the_keys_of_its_json(tmp_path):
     figures = report["families"]["toy"]
     keys = ["self", "one", "many", "he_only", "image_only", "interpolation", "fit_s", "predict_s", "self_s"]
     assert list(figures) == [*keys, "peak_rss_mb"]
-    assert all(-1 <= figures[k] <= 1 for k in keys[:6]) and figures["interpolation"] > 0.2
-    assert all(figures[k] > 0 for k in ("fit_s", "predict_s", "self_s", "peak_rss_mb"))
+    # measured 0.46, 0.59, 0.62 with the spots, 0.04 from the image alone after 2 epochs
+    with_spots = min(figures["self"], figures["one"], figures["many"])
+    assert with_spots > 0.3 and max(figures["he_only"], figures["image_only"]) < with_spots
+    assert figures["interpolation"] > 0.2
+    assert all(figures[k] > 0 for k in ("fit_s", "predict_s", "self_s")) and 300 < figures["peak_rss_mb"] < 6000
     assert (tmp_path / "toy_model" / "manifest.json").is_file()
 
 
+@pytest.mark.slow
 def test_matching_benchmark_scores_the_same_networks_before_and_after(tmp_path):
     """benchmarks/matching.py on a small toy: per group, before matching, rescaled, and after (shapes chosen, then
     rescaled), with the spot consistency."""

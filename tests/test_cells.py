@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import shapely
 import spatialdata as sd
-from conftest import fingerprint
+from helpers import fingerprint
 from spatialdata.models import Labels2DModel, ShapesModel
 from spatialdata.transformations import Identity, Scale, get_transformation, set_transformation
 
@@ -210,6 +210,7 @@ def test_cells_are_found_when_there_is_one_candidate(resolved):
         hx.tl.to_cells(sdata)
 
 
+@pytest.mark.slow
 def test_written_into_a_backed_store(resolved, tmp_path):
     table = resolved.tables["histex"]
     b = table.uns["histex"]["data"]["bin_px"]

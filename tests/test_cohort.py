@@ -35,6 +35,7 @@ def _table(store):
     return np.asarray(sd.read_zarr(store).tables["histex"].X)
 
 
+@pytest.mark.slow
 def test_a_cohort_gives_each_section_what_it_gives_alone_and_resumes(samples, tmp_path):
     table = read_samples(samples)
     broken = table.iloc[0].to_dict() | {"sample_id": "broken", "image": str(tmp_path / "broken.tif")}

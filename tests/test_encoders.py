@@ -17,6 +17,7 @@ PUBLISHED = {
     "uni": (16, 197, 1, 1024, IMAGENET, 303.4),
     "uni2-h": (14, 265, 9, 1536, IMAGENET, 681.4),
     "h-optimus-0": (14, 261, 5, 1536, ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)), 1134.8),
+    "h-optimus-1": (14, 261, 5, 1536, ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)), 1134.8),
     "virchow2": (14, 261, 5, 1280, IMAGENET, 631.2),
     "gigapath": (16, 197, 1, 1536, IMAGENET, 1135.0),
 }
@@ -41,7 +42,7 @@ def reference_encoder(spec, module):
 
 def test_registry_lists_every_model():
     assert hx.pp.available_models() == sorted(
-        ["gigapath", "h-optimus-0", "resnet50", "texture", "uni", "uni2-h", "virchow2"]
+        ["gigapath", "h-optimus-0", "h-optimus-1", "resnet50", "texture", "uni", "uni2-h", "virchow2"]
     )
 
 
@@ -71,8 +72,10 @@ def test_resnet50_gives_its_stride_16_stage():
 
 @pytest.mark.parametrize(
     ("name", "suffix"),
-    [("uni", ".bin"), ("uni2-h", ".pt"), ("h-optimus-0", ".safetensors"), ("virchow2", ".pth"), ("gigapath", ".bin"),
-     ("resnet50", ".safetensors")],
+    [("uni", ".bin"), ("resnet50", ".safetensors")]
+    + [pytest.param(name, suffix, marks=pytest.mark.slow)  # the same path: the development tier takes two
+       for name, suffix in [("uni2-h", ".pt"), ("h-optimus-0", ".safetensors"), ("h-optimus-1", ".bin"),
+                            ("virchow2", ".pth"), ("gigapath", ".bin")]],
 )  # fmt: skip
 def test_weights_load_back_through_the_real_path(name, suffix, tmp_path):
     spec = small(name)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from conftest import compartment_markers
+from helpers import compartment_markers
 
 import histex as hx
 from histex import gene_sets as gs
@@ -23,10 +23,10 @@ def labelled():
     rng = np.random.default_rng(1)
     sets = {
         # Planted: most of a compartment's markers, diluted by genes expressed everywhere.
-        "IMMUNE RESPONSE": markers["Imm"][:4] + ["Hk_01"],
-        "STROMAL ECM": markers["Str"][:4] + ["Hk_02"],
-        "TUMOUR PROLIFERATION": markers["Tum"][:4] + ["Grad_01"],
-        "EPITHELIAL POLARITY": markers["Epi"][:4] + ["Hk_03"],
+        "IMMUNE RESPONSE": [*markers["Imm"][:4], "Hk_01"],
+        "STROMAL ECM": [*markers["Str"][:4], "Hk_02"],
+        "TUMOUR PROLIFERATION": [*markers["Tum"][:4], "Grad_01"],
+        "EPITHELIAL POLARITY": [*markers["Epi"][:4], "Hk_03"],
         "decoy a": list(rng.choice(genes, 6, replace=False)),
         "decoy b": list(rng.choice(genes, 6, replace=False)),
     }
@@ -86,6 +86,7 @@ def test_gene_sets_from_a_gmt_file_a_network_and_a_dict_agree(labelled, tmp_path
     pd.testing.assert_frame_equal(from_dict, from_net)
 
 
+@pytest.mark.slow
 def test_results_survive_writing_the_table(labelled, tmp_path):
     sdata, sets = labelled
     truth = sdata.tables["truth"]
@@ -100,9 +101,9 @@ def test_bad_input_says_what_is_wrong_and_writes_nothing(labelled):
     sdata, sets = labelled
     truth = sdata.tables["truth"]
     before = (set(truth.obs.columns), set(truth.obsm), set(truth.uns))
-    with pytest.raises(ValueError, match="downloads nothing.*fails offline"):
+    with pytest.raises(ValueError, match=r"downloads nothing.*fails offline"):
         hx.tl.enrich(sdata, "truth", gene_sets="KEGG_2021_Human", key_added="bad")
-    with pytest.raises(ValueError, match="obs has no column 'cell_type'.*'domain', 'domain_label'"):
+    with pytest.raises(ValueError, match=r"obs has no column 'cell_type'.*'domain', 'domain_label'"):
         hx.tl.enrich(sdata, "truth", gene_sets=sets, groupby="cell_type", key_added="bad")
     with pytest.raises(ValueError, match="No gene set has 3 or more genes in the table"):
         hx.tl.enrich(sdata, "truth", gene_sets={"T cells": ["CD3E", "CD8A", "CD4"]}, key_added="bad")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import spatialdata as sd
-from conftest import fingerprint
+from helpers import fingerprint
 
 import histex as hx
 from histex import geometry
@@ -102,7 +102,9 @@ def test_resample_keeps_pixel_grid_aligned():
 
 
 def test_unknown_model_lists_available(small_toy):
-    with pytest.raises(ValueError, match="available models: gigapath, h-optimus-0, resnet50, texture, uni, uni2-h"):
+    with pytest.raises(
+        ValueError, match="available models: gigapath, h-optimus-0, h-optimus-1, resnet50, texture, uni, uni2-h"
+    ):
         hx.pp.extract_features(sd.deepcopy(small_toy), model="nope")
 
 

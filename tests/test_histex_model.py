@@ -183,7 +183,7 @@ def test_save_load_round_trip(trained, section_d, tmp_path):
     states = ["state_0.safetensors", "state_1.safetensors"]
     assert files == ["image_" + s for s in states] + ["manifest.json", *states]
     manifest = json.loads((folder / MANIFEST).read_text())
-    assert manifest["schema_version"] == 1 and manifest["histex_version"]
+    assert manifest["schema_version"] == 1 and manifest["histex_version"] == hx.__version__
     assert manifest["settings"]["epochs"] == 3 and manifest["genes"] == trained.genes
     assert manifest["encoder"]["model"] == "texture" and manifest["encoder"]["weights_digest"]
     assert manifest["encoder"]["bin_size_um"] == 8.0 and manifest["encoder"]["patch_size"]
@@ -362,6 +362,7 @@ def test_fine_tuning_continues_from_the_model(trained, section_d, tmp_path):
 # --- checkpoints ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_interrupted_fit_resumes_to_the_same_weights(family, tmp_path, monkeypatch):
     """Interrupt at epoch 2 of 4 (just after the checkpoint of epoch 2), resume: the weights of an uninterrupted
     fit, bit for bit, on the CPU (the image-only states too, trained after the fused ones)."""
@@ -407,7 +408,7 @@ def test_load_refuses_what_is_not_a_model(tmp_path):
         hx.HistexModel.load(tmp_path / "nothing")
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match="has no manifest.json"):
+    with pytest.raises(ValueError, match=r"has no manifest.json"):
         hx.HistexModel.load(tmp_path / "folder")
 
 
@@ -417,7 +418,7 @@ def test_load_refuses_a_newer_schema_and_damaged_weights(trained, tmp_path):
     newer = tmp_path / "newer"
     trained.save(newer)
     (newer / MANIFEST).write_text(json.dumps({**manifest, "schema_version": 99}))
-    with pytest.raises(ValueError, match="schema 99.*Upgrade histex"):
+    with pytest.raises(ValueError, match=r"schema 99.*Upgrade histex"):
         hx.HistexModel.load(newer)
 
     truncated = tmp_path / "truncated"
@@ -425,7 +426,7 @@ def test_load_refuses_a_newer_schema_and_damaged_weights(trained, tmp_path):
     weights = truncated / "state_1.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     before = _files(truncated)
-    with pytest.raises(ValueError, match="state_1.safetensors is truncated or corrupt"):
+    with pytest.raises(ValueError, match=r"state_1.safetensors is truncated or corrupt"):
         hx.HistexModel.load(truncated)
     assert _files(truncated) == before
 
@@ -434,7 +435,7 @@ def test_load_refuses_a_newer_schema_and_damaged_weights(trained, tmp_path):
     data = bytearray((corrupt / "state_0.safetensors").read_bytes())
     data[-10] ^= 0xFF
     (corrupt / "state_0.safetensors").write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="state_0.safetensors is truncated or corrupt"):
+    with pytest.raises(ValueError, match=r"state_0.safetensors is truncated or corrupt"):
         hx.HistexModel.load(corrupt)
 
 
@@ -464,7 +465,7 @@ def test_predict_before_fit_and_fit_on_nothing(section_d):
 
 
 def test_features_of_another_encoder_or_bin_size(trained, section_d):
-    from conftest import fingerprint
+    from helpers import fingerprint
 
     key = "toy_D_full_image_texture_features"
     cases = [
@@ -482,14 +483,14 @@ def test_features_of_another_encoder_or_bin_size(trained, section_d):
 
 
 def test_spots_lacking_the_models_genes(trained, section_d):
-    from conftest import fingerprint
+    from helpers import fingerprint
     from spatialdata.models import TableModel
 
     fewer = section_d.tables["table"][:, 3:].copy()
     del fewer.uns["spatialdata_attrs"]
     section_d.tables["table"] = TableModel.parse(fewer, region="toy_D", region_key="region", instance_key="spot_id")
     before = fingerprint(section_d)
-    with pytest.raises(ValueError, match="lacks 3 of the model's 12 genes.*use_spots=False predicts from the image"):
+    with pytest.raises(ValueError, match=r"lacks 3 of the model's 12 genes.*use_spots=False predicts from the image"):
         trained.predict(section_d, use_spots=True, show_progress=False)
     assert fingerprint(section_d) == before
     trained.predict(section_d, show_progress=False)  # "auto": from the image, with a warning
@@ -516,6 +517,6 @@ def test_sections_whose_genes_barely_overlap(family):
 
 def test_model_without_he_only_needs_spots(family, section_d):
     model = hx.HistexModel(epochs=1, n_states=1, he_only="none").fit(family[0], **QUIET)
-    with pytest.raises(ValueError, match="he_only='none'.*HistexModel\\(he_only='image_states'\\)"):
+    with pytest.raises(ValueError, match=r"he_only='none'.*HistexModel\(he_only='image_states'\)"):
         model.predict(section_d, use_spots=False, show_progress=False)
     assert "histex" not in section_d.tables

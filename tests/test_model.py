@@ -222,6 +222,7 @@ def test_bfloat16_forward_casts_weights_and_inputs_not_parameters():
         compute_dtype("half", torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_training_stops_on_held_out_spots_and_keeps_the_best_epoch():
     from histex.model.fit import SpotLoss, _held_out_loss, holdout_split
 

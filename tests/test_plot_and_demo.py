@@ -72,6 +72,7 @@ def test_genes_plot_without_truth_or_spots(resolved):
         hx.pl.genes(resolved, ["NOPE"])
 
 
+@pytest.mark.slow
 def test_demo_writes_metrics_figure_and_zarr(tmp_path):
     from histex._demo import run_demo
 
@@ -80,13 +81,14 @@ def test_demo_writes_metrics_figure_and_zarr(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == result
     assert set(saved["pearson"]) == {"histex", "image_only", "interpolation"}
-    assert all(np.isfinite(v) and -1 <= v <= 1 for v in saved["pearson"].values())
-    assert saved["pearson"]["interpolation"] > 0.1  # the toy's spots do carry the expression
+    # measured 0.434, 0.138 and 0.433 (2 epochs, 1 state): histex as good as the spots, image-only far behind
+    assert saved["pearson"]["histex"] > 0.3 and saved["pearson"]["interpolation"] > 0.3
+    assert 0 < saved["pearson"]["image_only"] < saved["pearson"]["histex"]
     assert {"toy", "features", "histex", "image_only", "interpolation", "write zarr"} <= set(saved["seconds"])
-    assert saved["peak_rss_mb"] > 100
+    assert 500 < saved["peak_rss_mb"] < 6000  # measured 1,333 MB: torch and the stack, a small section
     assert (tmp_path / "genes.png").stat().st_size > 10_000
     # domains on the super-resolved bins, named by the toy's programmes, and the gene sets that run in them
-    assert -1 <= saved["domains"]["ari"] <= 1
+    assert saved["domains"]["ari"] > 0.25  # measured 0.42: the domains follow the compartments
     assert set(saved["domains"]["best_gene_set"]) <= {"stroma", "epithelium", "immune", "tumour", "unknown"}
     assert all(term.endswith(" programme") for term in saved["domains"]["best_gene_set"].values())
     for name in ("domains.png", "enrichment.png"):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import spatialdata as sd
-from conftest import compartment_markers
+from helpers import compartment_markers
 from scipy import ndimage
 
 import histex as hx

@@ -49,6 +49,7 @@ def _scores(pred, truth):
     return float(np.corrcoef(pred.ravel(), truth.ravel())[0, 1])
 
 
+@pytest.mark.slow
 def test_refit_readout_relearns_a_gene_the_head_lost():
     """A trained ensemble whose head no longer reads the gene (weights zeroed): the refit, from the spots alone,
     restores the map from the hidden layer to the gene; the ensemble given is left as it was."""

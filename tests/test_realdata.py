@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import spatialdata as sd
-from conftest import fingerprint
+from helpers import fingerprint
 
 import histex as hx
 
@@ -17,7 +17,7 @@ def test_spaceranger_folder_without_full_resolution_image_is_refused(shared_data
         shared_data / "visium_spaceranger_1.0.0", dataset_id="v1", counts_file="filtered_feature_bc_matrix.h5"
     )
     before = fingerprint(sdata)
-    with pytest.raises(ValueError, match="need the full-resolution image.*fullres_image_file"):
+    with pytest.raises(ValueError, match=r"need the full-resolution image.*fullres_image_file"):
         hx.tl.super_resolve(sdata, epochs=1, n_states=1, show_progress=False)
     with pytest.raises(ValueError, match="need the full-resolution image"):
         hx.pp.extract_features(sdata, show_progress=False)

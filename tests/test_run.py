@@ -42,6 +42,7 @@ def test_both_layouts_of_space_ranger_read_as_the_section_they_came_from(toy, fo
         assert sdata.images["s_full_image"]["scale0"]["image"].shape == (3, 1200, 1200)
 
 
+@pytest.mark.slow
 def test_histex_run_writes_the_store_and_the_report(toy, folder_v1, tmp_path):
     outs, image = folder_v1
     out = tmp_path / "sample.zarr"
@@ -147,5 +148,5 @@ def test_real_space_ranger_positions_are_checked_against_the_image(shared_data, 
     Image.new("RGB", (6666, 6666), "white").save(half)
     found = check_outs(outs, right)
     assert found["positions"].name == "tissue_positions_list.csv" and found["image_size"] == (13332, 13332)
-    with pytest.raises(ValueError, match="is 6666 x 6666 px, but .* about 13332 x 13332 px"):
+    with pytest.raises(ValueError, match=r"is 6666 x 6666 px, but .* about 13332 x 13332 px"):
         check_outs(outs, half)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
-from conftest import SHARED_DATA
+from helpers import SHARED_DATA
 
 import histex as hx
 from histex.geometry import BinGrid

@@ -172,7 +172,7 @@ def test_bad_input():
 def test_hgsc_wsi_needs_its_files(tmp_path):
     from histex._bench import load_dataset
 
-    with pytest.raises(FileNotFoundError, match="hgsc_wsi needs hgsc_nuclei_wsi.parquet"):
+    with pytest.raises(FileNotFoundError, match=r"hgsc_wsi needs hgsc_nuclei_wsi.parquet"):
         load_dataset("hgsc_wsi", data_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="hgsc_wsi needs"):
         load_dataset("hgsc_wsi")

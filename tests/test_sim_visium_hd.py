@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 import shapely
 import xarray as xr
-from conftest import fingerprint
+from helpers import fingerprint
 from spatialdata import SpatialData
 from spatialdata.models import Image2DModel, ShapesModel, TableModel
 from spatialdata.transformations import Identity, Scale, set_transformation
@@ -72,7 +72,7 @@ def visium_hd_like(
                 "array_col": cols[keep],
                 "location_id": np.arange(len(keep)),
             },
-            index=pd.Index([f"s_{size:03d}um_{r:05d}_{c:05d}-1" for r, c in zip(rows[keep], cols[keep])]),
+            index=pd.Index([f"s_{size:03d}um_{r:05d}_{c:05d}-1" for r, c in zip(rows[keep], cols[keep], strict=True)]),
         )
         obs["region"] = pd.Categorical([shapes_name] * len(keep))
         table = ad.AnnData(
@@ -172,7 +172,7 @@ def test_spots_sum_truth_bins_and_read_as_a_section(turned_section):
     radius = 27.5 / mpp
     centres = truth.obsm["spatial"]
     x = truth.X.toarray()
-    for xy, spot in zip(table.obsm["spatial"], table.X.toarray()):
+    for xy, spot in zip(table.obsm["spatial"], table.X.toarray(), strict=True):
         inside = np.hypot(*(centres - xy).T) < radius
         assert np.allclose(spot, x[inside].sum(axis=0), rtol=1e-5)
     section = read_section(result)

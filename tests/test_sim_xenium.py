@@ -230,10 +230,10 @@ def test_cells_outside_the_image_are_refused():
 
 def test_no_he_image_is_refused():
     sdata, _ = make_xenium(he_image=False)
-    with pytest.raises(ValueError, match="no RGB H&E image.*morphology"):
+    with pytest.raises(ValueError, match=r"no RGB H&E image.*morphology"):
         hx.sim.from_xenium(sdata)
     sdata, _ = make_xenium()
-    with pytest.raises(ValueError, match="'morphology_focus' is a Xenium morphology.*RGB images: 'he_image'"):
+    with pytest.raises(ValueError, match=r"'morphology_focus' is a Xenium morphology.*RGB images: 'he_image'"):
         hx.sim.from_xenium(sdata, image_key="morphology_focus")
 
 

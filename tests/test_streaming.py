@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import spatialdata as sd
 import torch
-from conftest import fingerprint
+from helpers import fingerprint
 from spatialdata.models import Image2DModel
 
 import histex as hx
@@ -259,7 +259,7 @@ def test_other_image_types_are_converted_with_a_log_line(kind, caplog):
     reference = image_sdata(rgb)
     key = hx.pp.extract_features(reference, mpp=0.5, show_progress=False)
     image = {
-        "rgba": np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=-1),
+        "rgba": np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=-1),
         "uint16": rgb.astype(np.uint16) * 257,
         "float01": rgb.astype(np.float32) / 255,
         "float255": rgb.astype(np.float64),

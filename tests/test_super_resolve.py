@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import spatialdata as sd
-from conftest import fingerprint
+from helpers import fingerprint
 
 import histex as hx
 

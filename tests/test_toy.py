@@ -401,11 +401,17 @@ def test_other_bin_size():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"n_genes": 8}, {"size_um": 100.0}, {"mpp": 0.0}, {"bin_size_um": -1.0}, {"size_um": (500.0,)}],
+    ("kwargs", "match"),
+    [
+        ({"n_genes": 8}, "n_genes must be at least 9"),
+        ({"size_um": 100.0}, "size_um must be at least 300"),
+        ({"mpp": 0.0}, "mpp and bin_size_um must be positive"),
+        ({"bin_size_um": -1.0}, "mpp and bin_size_um must be positive"),
+        ({"size_um": (500.0,)}, r"size_um must be a number or \(height, width\)"),
+    ],
 )
-def test_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
         toy(**kwargs)
 
 

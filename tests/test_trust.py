@@ -183,6 +183,7 @@ def predicted():
     return sdata
 
 
+@pytest.mark.slow
 def test_super_resolve_says_which_genes_to_trust(predicted):
     table = predicted.tables["histex"]
     record = table.uns["histex"]["trust"]
@@ -200,6 +201,7 @@ def test_super_resolve_says_which_genes_to_trust(predicted):
     assert pearson[flagged].mean() - pearson[~flagged].mean() > 0.15
 
 
+@pytest.mark.slow
 def test_intervals_hold_the_true_counts(predicted):
     table, truth = predicted.tables["histex"], predicted.tables["truth"]
     lower, upper = np.asarray(table.layers["lower90"]), np.asarray(table.layers["upper90"])
@@ -225,6 +227,7 @@ def _with_x(table, x):
     return ad.AnnData(X=x, obs=table.obs, var=table.var)
 
 
+@pytest.mark.slow
 def test_tools_take_the_reliable_genes(predicted):
     sdata = sd.deepcopy(predicted)
     table = sdata.tables["histex"]
@@ -243,6 +246,7 @@ def test_tools_take_the_reliable_genes(predicted):
         hx.tl.spatial_patterns(sdata, genes="reliable", key_added="bad")
 
 
+@pytest.mark.slow
 def test_reliability_plot_ranks_and_marks(predicted):
     import matplotlib
 

@@ -78,7 +78,8 @@ def load_dataset(
     Of the ``n_genes`` of an HGSC section, ``hidden_genes`` are (clone, gradient) genes that the image cannot see
     (:func:`histex.sim.from_nuclei`), the rest class programmes; the toy has its own groups (``var["group"]``,
     see :func:`gene_groups`). ``whole_counts``: the HGSC sections' bins hold whole counts, each transcript of a cell in
-    one of its bins (:func:`histex.sim.from_nuclei`); the toy's always do."""
+    one of its bins (:func:`histex.sim.from_nuclei`); the toy's always do.
+    """
     import histex as hx
 
     clone_genes, gradient_genes = (int(n) for n in hidden_genes)
@@ -245,7 +246,8 @@ def representative_windows(
 def gene_groups(var: pd.DataFrame) -> np.ndarray:
     """Each gene's group for the benchmark: ``"visible"`` (seen through the cells in the image), ``"clone"`` or
     ``"gradient"`` (only the spots carry them), from ``var["group"]`` of a simulated section's truth (the toy's
-    ``CloneA``/``CloneB`` and ``Grad`` groups, the HGSC sections' own names); all visible without that column."""
+    ``CloneA``/``CloneB`` and ``Grad`` groups, the HGSC sections' own names); all visible without that column.
+    """
     if "group" not in var:
         return np.full(len(var), "visible", dtype=object)
     names = var["group"].astype(str)
@@ -263,7 +265,8 @@ class MeasuredSpots(NamedTuple):
 
 def measured_spots(sdata, reference: str, genes) -> MeasuredSpots:
     """The spots, disk radius and counts of ``genes`` (the fitted layer) of the ``super_resolve`` table
-    ``reference``, as its loss saw them."""
+    ``reference``, as its loss saw them.
+    """
     from histex import _sdata
     from histex.tl._sections import dense_counts
 
@@ -277,7 +280,8 @@ def measured_spots(sdata, reference: str, genes) -> MeasuredSpots:
 def spot_consistency(spots: MeasuredSpots, prediction) -> float:
     """Mean over genes of the Pearson correlation over spots between what each spot measured and the prediction
     summed over the bins of its disk (the disk of ``super_resolve``'s loss); ``prediction`` holds bins of the grid
-    and the genes of ``spots`` (:func:`measured_spots`), in that order."""
+    and the genes of ``spots`` (:func:`measured_spots`), in that order.
+    """
     from histex.model.matching import disk_incidence
     from histex.model.matching import spot_consistency as per_gene
 
@@ -428,7 +432,8 @@ def plot_results(results: pd.DataFrame, path: str | Path) -> None:
 
 def markdown_table(results: pd.DataFrame) -> str:
     """Means over seeds: one row per dataset and method, Pearson per group, then SSIM, RMSE and spot consistency of
-    all genes."""
+    all genes.
+    """
     means = summary(results)
     groups = [g for g in ("all", "visible", "clone", "gradient") if g in set(means["group"])]
     header = "| dataset | method | " + " | ".join(f"Pearson {g}" for g in groups)

@@ -217,7 +217,8 @@ def read_spots(sdata, spots_key: str, table_key: str, image_key: str, coordinate
 
 def fitted_layer(bins: AnnData) -> str | None:
     """The layer of the spot table that :func:`histex.tl.super_resolve` fitted the bin table ``bins`` on; ``None``
-    for ``X``. Whatever shows or compares the spots beside the bins must read the same values."""
+    for ``X``. Whatever shows or compares the spots beside the bins must read the same values.
+    """
     layer = bins.uns["histex"].get("params", {}).get("layer", "X")
     return None if layer in (None, "X") else layer
 

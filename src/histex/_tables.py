@@ -11,7 +11,8 @@ SPREAD_LAYER = "ensemble_sd"
 def layout(table) -> str | None:
     """``"bins"`` for a table with grid columns (``obs["array_row"]``, ``obs["array_col"]``; one of them is enough to
     be meant as bins), ``"cells"`` for one with centroids (``obsm["spatial"]``) and no grid, as
-    :func:`histex.tl.to_cells`, sopa or a Xenium reader write them; ``None`` for anything else."""
+    :func:`histex.tl.to_cells`, sopa or a Xenium reader write them; ``None`` for anything else.
+    """
     if "array_row" in table.obs or "array_col" in table.obs:
         return "bins"
     if "spatial" in table.obsm:
@@ -34,7 +35,8 @@ def bin_table(sdata, table_key: str):
 
 def observation_table(sdata, table_key: str):
     """The table ``table_key`` and its :func:`layout`: bins on a grid or cells with centroids; anything else (e.g.
-    the Visium spots) is refused with what to pass instead."""
+    the Visium spots) is refused with what to pass instead.
+    """
     table = _get(sdata, table_key)
     kind = layout(table)
     if kind is None:
@@ -49,7 +51,8 @@ def observation_table(sdata, table_key: str):
 
 def histex_record(table, part: str) -> dict:
     """``uns["histex"][part]`` of a table that histex wrote (``"params"``, ``"data"``, ...), or an empty dict for
-    any other table."""
+    any other table.
+    """
     record = table.uns.get("histex")
     value = record.get(part) if isinstance(record, dict) else None
     return value if isinstance(value, dict) else {}

@@ -33,7 +33,8 @@ class CellOverlap:
 
 def cell_polygons(gdf, name: str) -> np.ndarray:
     """The geometries of a shapes element as cells: its polygons, or its circles (points with a ``radius``
-    column, as spatialdata stores them) as 64-gons."""
+    column, as spatialdata stores them) as 64-gons.
+    """
     import shapely
 
     geoms = np.asarray(gdf.geometry.values, dtype=object)
@@ -47,7 +48,8 @@ def cell_polygons(gdf, name: str) -> np.ndarray:
 def polygon_overlap(polygons, affine: np.ndarray, grid: BinGrid, *, chunk: int = 100_000) -> CellOverlap:
     """:class:`CellOverlap` of shapely polygons in their own coordinates, placed on the H&E by ``affine`` (3 x 3,
     ``(x, y)`` to H&E pixels). ``chunk`` cells at a time, so that the intersections with the bins (a few per cell)
-    never all exist at once."""
+    never all exist at once.
+    """
     import shapely
 
     polygons = np.asarray(getattr(polygons, "values", polygons), dtype=object)
@@ -66,7 +68,8 @@ def polygon_overlap(polygons, affine: np.ndarray, grid: BinGrid, *, chunk: int =
 def expand_polygons(polygons, distance: float) -> np.ndarray:
     """Grow nuclei into cells by ``distance`` without overlaps: each grows into the part of its surroundings that is
     nearer its centroid than any other's (its Voronoi cell), keeps itself whole, and gives up where it would cover
-    another nucleus. ``distance`` in the polygons' own units; polygons that do not overlap stay apart."""
+    another nucleus. ``distance`` in the polygons' own units; polygons that do not overlap stay apart.
+    """
     import shapely
 
     polygons = np.asarray(getattr(polygons, "values", polygons), dtype=object)
@@ -136,14 +139,16 @@ def label_overlap(
 
 def bin_fractions(overlap: sp.csr_matrix, bins_flat: np.ndarray, bin_area: float) -> sp.csr_matrix:
     """``(n_cells, n_bins_in_table)``: the share of each listed bin's area that lies in each cell, for the bins at
-    flat grid indices ``bins_flat`` (a table's rows, in order)."""
+    flat grid indices ``bins_flat`` (a table's rows, in order).
+    """
     return (overlap[:, np.asarray(bins_flat, dtype=np.int64)] / bin_area).tocsr()
 
 
 def cell_expression(fractions: sp.csr_matrix, values, *, quadrature: bool = False, block: int = 65536) -> np.ndarray:
     """``fractions @ values`` in float32, ``values`` ``(n_bins, n_genes)`` read a block of rows at a time (a NumPy
     array, or a dask or zarr array of a backed table). With ``quadrature``, ``sqrt(fractions**2 @ values**2)``: the
-    standard deviation of the sum for bins that vary independently."""
+    standard deviation of the sum for bins that vary independently.
+    """
     fractions = (fractions.power(2) if quadrature else fractions).astype(np.float32).tocsc()
     out = np.zeros((fractions.shape[0], values.shape[1]), dtype=np.float32)
     for start in range(0, values.shape[0], block):
@@ -160,7 +165,8 @@ def cell_variance(
     """The variance of each cell's count, for bins whose counts are negative binomial (mean ``mean``, variance
     ``mean + dispersion * mean**2 + ensemble_sd**2``, :mod:`histex.model.trust`) and independent, a cell taking
     each bin's transcripts with the probability ``fractions`` gives: ``fractions @ mean + fractions**2 @
-    (dispersion * mean**2 + ensemble_sd**2)``. Arrays as :func:`cell_expression` reads them."""
+    (dispersion * mean**2 + ensemble_sd**2)``. Arrays as :func:`cell_expression` reads them.
+    """
     dispersion = np.asarray(dispersion, dtype=np.float32)
     share = fractions.astype(np.float32).tocsc()
     share2 = fractions.power(2).astype(np.float32).tocsc()

@@ -8,6 +8,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``histex`` command line: parse ``argv`` (default ``sys.argv``), run the subcommand, return its exit code."""
     parser = argparse.ArgumentParser(prog="histex", description="Super-resolved spatial transcriptomics (HISTEX).")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="toy section -> features -> super-resolution, scored against ground truth")

@@ -82,14 +82,16 @@ def is_complete(out: Path, sample_id: str) -> bool:
 
 def worker_gpu(worker_name, n_gpus: int) -> str:
     """The GPU of a worker: ``cuda:K`` for the K-th worker of a LocalCluster (named 0, 1, ...), so that each worker
-    has a GPU of its own; ``cuda:0`` for a worker of another name (a job of a SLURM cluster sees only its own)."""
+    has a GPU of its own; ``cuda:0`` for a worker of another name (a job of a SLURM cluster sees only its own).
+    """
     index = int(worker_name) if str(worker_name).isdigit() else 0
     return f"cuda:{index % max(1, n_gpus)}"
 
 
 def run_row(row: dict, out: str, settings: dict, threads: int | None = None, gpu: bool = False) -> dict:
     """One section on a worker, as ``histex run`` does it; an error is returned, not raised, so that it fails
-    its row alone (a worker that dies is another matter: the scheduler runs the task again elsewhere)."""
+    its row alone (a worker that dies is another matter: the scheduler runs the task again elsewhere).
+    """
     import dask
     import torch
 

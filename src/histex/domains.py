@@ -1,5 +1,6 @@
 """Tissue domains on a bin grid or on cells: smoothing, clustering, marker scores, labels and boundaries. Arrays in,
-arrays out."""
+arrays out.
+"""
 
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ def label_domains(
 
 def boundary_bins(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray, *, ignore: str = "unknown") -> np.ndarray:
     """Bins with a neighbour (of the 8 around them) that carries another label; bins labelled ``ignore`` are never
-    boundaries and do not make their neighbours ones."""
+    boundaries and do not make their neighbours ones.
+    """
     codes, index = np.unique(np.asarray(labels, dtype=object), return_inverse=True)
     index = index.ravel() + 1  # 0: no bin
     ignored = np.flatnonzero(codes == ignore) + 1
@@ -114,7 +116,8 @@ def typical_spacing(xy: np.ndarray) -> float:
 
 def _near_pairs(xy: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pairs ``(i, j)`` of points closer than ``radius``, both ways round and each point with itself, and their
-    distances."""
+    distances.
+    """
     from scipy.spatial import cKDTree
 
     tree = cKDTree(xy)
@@ -130,7 +133,8 @@ def _near_pairs(xy: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, 
 def smooth_on_points(values: np.ndarray, xy: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian average of per-point vectors over neighbouring points (``sigma`` in the units of ``xy``, the
     average over points within 3 sigma), normalised by the weights present, so that the tissue edge is not pulled
-    towards zero."""
+    towards zero.
+    """
     import scipy.sparse as sp
 
     values = np.asarray(values, dtype=np.float32)
@@ -144,7 +148,8 @@ def smooth_on_points(values: np.ndarray, xy: np.ndarray, sigma: float) -> np.nda
 
 def boundary_points(labels: np.ndarray, xy: np.ndarray, radius: float, *, ignore: str = "unknown") -> np.ndarray:
     """Points with a neighbour within ``radius`` that carries another label; points labelled ``ignore`` are never
-    boundaries and do not make their neighbours ones (as :func:`boundary_bins` on a grid)."""
+    boundaries and do not make their neighbours ones (as :func:`boundary_bins` on a grid).
+    """
     labels = np.asarray(labels, dtype=object)
     if len(labels) < 2:
         return np.zeros(len(labels), bool)

@@ -50,6 +50,7 @@ class BinGrid:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(n_rows, n_cols)`` of the grid."""
         return (self.n_rows, self.n_cols)
 
     def bin_of_pixel(self, index: np.ndarray, axis_len: int) -> np.ndarray:
@@ -143,7 +144,8 @@ def lattice_pitch(xy: np.ndarray) -> tuple[float, float]:
 
 def window_size(radius_bins: float, minimum: int = 7) -> int:
     """Smallest odd window of bins, at least ``minimum``, that holds a disk of ``radius_bins`` wherever its centre lies
-    in the central bin."""
+    in the central bin.
+    """
     half = int(np.ceil(radius_bins + 0.5)) - 1
     return max(minimum, 2 * half + 1)
 

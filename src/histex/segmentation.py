@@ -25,7 +25,8 @@ def haematoxylin(rgb: np.ndarray) -> np.ndarray:
 
 def nucleus_threshold(rgb_sample: np.ndarray, *, factor: float = OTSU_FACTOR) -> float:
     """The haematoxylin level above which a pixel is nucleus: ``factor`` times Otsu's threshold over a sample of
-    the slide (an overview), so that every block of a slide is cut at the same level."""
+    the slide (an overview), so that every block of a slide is cut at the same level.
+    """
     from skimage.filters import threshold_otsu
 
     return float(threshold_otsu(haematoxylin(rgb_sample)) * factor)
@@ -36,7 +37,8 @@ def watershed_nuclei(
 ) -> np.ndarray:
     """Label image of the nuclei of an RGB image: haematoxylin smoothed over 0.5 µm and cut at ``threshold``,
     opened, cleared of holes and of objects under ``min_area_um2``, and split by a watershed from the maxima of
-    its distance transform at least ``min_distance_um`` apart."""
+    its distance transform at least ``min_distance_um`` apart.
+    """
     from scipy import ndimage as ndi
     from skimage import feature, filters, measure, morphology, segmentation
 
@@ -56,7 +58,8 @@ def watershed_nuclei(
 
 def label_polygons(labels: np.ndarray, offset_xy: tuple[float, float] = (0.0, 0.0)):
     """Each label's outline as a shapely polygon in pixel coordinates (pixel ``i`` spans ``[i, i + 1)``), shifted by
-    ``offset_xy``, with the label's centroid ``(n, 2)`` ``(x, y)`` in those coordinates."""
+    ``offset_xy``, with the label's centroid ``(n, 2)`` ``(x, y)`` in those coordinates.
+    """
     import shapely
     from skimage.measure import find_contours, regionprops
 
@@ -75,7 +78,8 @@ def label_polygons(labels: np.ndarray, offset_xy: tuple[float, float] = (0.0, 0.
 
 def blocks(shape_yx: tuple[int, int], block_px: int, margin_px: int):
     """Core tiles of ``block_px`` over an image, each with the window read around it (the tile grown by
-    ``margin_px``, cut at the image): ``((y0, y1, x0, x1) core, (y0, y1, x0, x1) window)``."""
+    ``margin_px``, cut at the image): ``((y0, y1, x0, x1) core, (y0, y1, x0, x1) window)``.
+    """
     rows, cols = shape_yx
     for y0 in range(0, rows, block_px):
         for x0 in range(0, cols, block_px):

@@ -1,6 +1,7 @@
 """A Visium section from the files Space Ranger writes (``outs/``) and its full-resolution H&E, checked before
 anything is read: the count matrix, the spot positions (Space Ranger 1.x ``tissue_positions_list.csv`` or 2.x
-``tissue_positions.csv``), the scale factors, and that the image is the one the positions are in pixels of."""
+``tissue_positions.csv``), the scale factors, and that the image is the one the positions are in pixels of.
+"""
 
 from __future__ import annotations
 

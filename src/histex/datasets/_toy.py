@@ -439,7 +439,8 @@ def _fits(lab: np.ndarray, cy: float, cx: float, reach: float, code: int) -> boo
 
 def _stamp_blob(lab: np.ndarray, centre: tuple[float, float], blob: tuple, code: int, where: int = _STR) -> None:
     """Set ``code`` on the cells of ``lab`` that hold ``where`` and lie inside the blob ``(radius, ecc, angle, harm)``
-    (see :func:`_blob`) centred on ``centre`` ``(y, x)``."""
+    (see :func:`_blob`) centred on ``centre`` ``(y, x)``.
+    """
     radius, ecc, _, harm = blob
     reach = _blob_reach(radius, ecc, harm)
     cy, cx = centre
@@ -463,7 +464,8 @@ def _harmonics(rng: np.random.Generator, orders: Sequence[int], scale: float) ->
 
 def _paint_structures(lab: np.ndarray, h_um: float, w_um: float, rng: np.random.Generator) -> np.ndarray:
     """Paint tumour nests, glands and immune aggregates into the stroma of ``lab``; return the glands as rows of
-    ``(cy, cx, outer radius, wall, eccentricity, angle)``."""
+    ``(cy, cx, outer radius, wall, eccentricity, angle)``.
+    """
     section_mm2 = h_um * w_um / 1e6
     tissue_mm2 = np.count_nonzero(lab) / 1e6
 
@@ -551,7 +553,8 @@ def _fibre_phase(t: _Texture, family: int, x: np.ndarray, y: np.ndarray) -> tupl
 
 def _fibre_mix(t: _Texture, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Separable terms ``(m(x), n(y))`` of the weight of fibre family 0, ``clip(0.5 + m + n, 0, 1)``: patches of
-    either orientation a few hundred µm across, with narrow crossings between them."""
+    either orientation a few hundred µm across, with narrow crossings between them.
+    """
     return (
         3 * np.sin(2 * np.pi * x / t.mix_period[0] + t.mix_phase[0]),
         3 * np.sin(2 * np.pi * y / t.mix_period[1] + t.mix_phase[1]),
@@ -627,7 +630,8 @@ def _place_nuclei(lab: np.ndarray, glands: np.ndarray, tex: _Texture, rng: np.ra
 
 def _bin_fractions(lab: np.ndarray, bin_size_um: float) -> tuple[np.ndarray, tuple[int, int]]:
     """Fraction of each label code among the 1 µm cells of every bin (cell centres decide), ``(n_bins, 7)``, on the
-    largest grid of bins the map holds completely."""
+    largest grid of bins the map holds completely.
+    """
     n_rows, n_cols = int(np.floor(lab.shape[0] / bin_size_um)), int(np.floor(lab.shape[1] / bin_size_um))
     rb = np.floor((np.arange(lab.shape[0]) + 0.5) / bin_size_um).astype(np.int64)
     cb = np.floor((np.arange(lab.shape[1]) + 0.5) / bin_size_um).astype(np.int64)

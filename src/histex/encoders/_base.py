@@ -37,7 +37,8 @@ class Encoder(ABC):
     @property
     def digest(self) -> str | None:
         """A fingerprint of the weights (or of the algorithm, for a weight-free encoder), used to reuse features
-        computed before. ``None``: unknown, features are always recomputed."""
+        computed before. ``None``: unknown, features are always recomputed.
+        """
         return None
 
     @property

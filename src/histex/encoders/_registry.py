@@ -1,7 +1,7 @@
 """The pathology foundation models histex knows, with their published architectures and input normalisation.
 
 Values are those of the model cards and the official code (UNI: mahmoodlab/UNI; UNI2-h: MahmoodLab/UNI2-h model
-card; H-optimus-0: bioptimus/releases; Virchow2: paige-ai/Virchow2 config; Prov-GigaPath: prov-gigapath config).
+card; H-optimus-0: bioptimus/releases; H-optimus-1: bioptimus/H-optimus-1 model card; Virchow2: paige-ai/Virchow2 config; Prov-GigaPath: prov-gigapath config).
 timm's own pretrained config of a bare architecture carries other normalisation values (0.5 for ``vit_*_224``,
 518 px for DINOv2), so each entry states its own.
 """
@@ -143,6 +143,23 @@ class FoundationModel:
         )
 
 
+# H-optimus-1 is H-optimus-0's architecture and normalisation with other weights
+_H_OPTIMUS_0 = FoundationModel(
+    name="h-optimus-0",
+    architecture="vit_giant_patch14_reg4_dinov2",
+    repo_id="bioptimus/H-optimus-0",
+    filenames=("pytorch_model.bin", "model.safetensors"),
+    gated=True,
+    patch_size=14,
+    feature_dim=1536,
+    n_prefix_tokens=5,
+    mean=(0.707223, 0.578729, 0.703617),
+    std=(0.211883, 0.230117, 0.177517),
+    timm_kwargs={"img_size": 224, "init_values": 1e-5, "num_classes": 0, "dynamic_img_size": False},
+    description="H-optimus-0, ViT-g/14 with 4 register tokens (Bioptimus), 1536 features",
+)
+
+
 MODELS: dict[str, FoundationModel] = {
     m.name: m
     for m in [
@@ -189,19 +206,13 @@ MODELS: dict[str, FoundationModel] = {
             extra_kwargs=_swiglu,
             description="UNI2-h, ViT-H/14 with 8 register tokens, 1536 features",
         ),
-        FoundationModel(
-            name="h-optimus-0",
-            architecture="vit_giant_patch14_reg4_dinov2",
-            repo_id="bioptimus/H-optimus-0",
-            filenames=("pytorch_model.bin", "model.safetensors"),
-            gated=True,
-            patch_size=14,
-            feature_dim=1536,
-            n_prefix_tokens=5,
-            mean=(0.707223, 0.578729, 0.703617),
-            std=(0.211883, 0.230117, 0.177517),
-            timm_kwargs={"img_size": 224, "init_values": 1e-5, "num_classes": 0, "dynamic_img_size": False},
-            description="H-optimus-0, ViT-g/14 with 4 register tokens (Bioptimus), 1536 features",
+        _H_OPTIMUS_0,
+        dataclasses.replace(
+            _H_OPTIMUS_0,
+            name="h-optimus-1",
+            repo_id="bioptimus/H-optimus-1",
+            description="H-optimus-1, ViT-g/14 with 4 register tokens (Bioptimus, trained on over a million slides), "
+            "1536 features",
         ),
         FoundationModel(
             name="virchow2",

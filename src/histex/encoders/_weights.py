@@ -94,7 +94,8 @@ def locate_weights(repo_id: str, filenames: tuple[str, ...], *, gated: bool, mod
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors``, or from a torch file (``.bin``, ``.pt``, ``.pth``) read without pickled
-    code; a checkpoint that wraps the state dict (``{"state_dict": ...}``, ``{"model": ...}``) is unwrapped."""
+    code; a checkpoint that wraps the state dict (``{"state_dict": ...}``, ``{"model": ...}``) is unwrapped.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No weight file at {path}.")

@@ -52,6 +52,7 @@ class Checkpoint:
 
     @property
     def path(self) -> Path:
+        """The checkpoint file in the folder."""
         return self.folder / CHECKPOINT_FILE
 
     def bind(self, config, targets: torch.Tensor, problems) -> None:
@@ -65,9 +66,11 @@ class Checkpoint:
         self.fingerprint = {"settings": settings, "data": digest.hexdigest()}
 
     def due(self, epoch: int, last: int) -> bool:
+        """Whether ``epoch`` (of ``last``) is one to checkpoint: every ``every`` epochs and the last."""
         return epoch % self.every == 0 or epoch == last
 
     def save(self, state: TrainingState, ensemble, optimiser, orders) -> None:
+        """Write the training state, the ensemble's parameters, the optimiser's moments and the batch orders."""
         from safetensors.torch import save_file
 
         tensors = {f"param/{name}": p.detach() for name, p in ensemble.params.items()}
@@ -101,7 +104,7 @@ class Checkpoint:
         try:
             with safe_open(str(self.path), framework="pt") as f:  # one read: the metadata and the tensors
                 meta = json.loads((f.metadata() or {}).get("histex", "{}"))
-                tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+                tensors = {key: f.get_tensor(key) for key in f.keys()}
         except (SafetensorError, OSError, ValueError) as error:
             raise ValueError(
                 f"The checkpoint {self.path} cannot be read ({error}); delete it to start the fit afresh."

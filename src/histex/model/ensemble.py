@@ -30,17 +30,21 @@ class Ensemble:
         self.n_states = len(networks)
 
     def train(self, mode: bool = True) -> Ensemble:
+        """Put every state in training mode (dropout on), or not; returns the ensemble."""
         self._template.train(mode)
         return self
 
     def eval(self) -> Ensemble:
+        """Put every state in evaluation mode (dropout off); returns the ensemble."""
         return self.train(False)
 
     def parameters(self) -> list[torch.Tensor]:
+        """The stacked parameters, as an optimiser takes them."""
         return list(self.params.values())
 
     @property
     def device(self) -> torch.device:
+        """Where the parameters are."""
         return next(iter(self.params.values())).device
 
     def to(self, device: torch.device | str) -> Ensemble:
@@ -54,7 +58,8 @@ class Ensemble:
     @classmethod
     def from_state_dicts(cls, template: torch.nn.Module, state_dicts: list[dict[str, torch.Tensor]]) -> Ensemble:
         """An ensemble of ``template``'s architecture with the given states (:meth:`state_dicts`); the keys and
-        shapes must be the architecture's exactly."""
+        shapes must be the architecture's exactly.
+        """
         networks = []
         for state in state_dicts:
             network = copy.deepcopy(template)
@@ -111,7 +116,8 @@ class Ensemble:
 
     def with_params(self, replacements: dict[str, torch.Tensor]) -> Ensemble:
         """A new ensemble that shares this one's tensors except ``replacements`` (stacked, as :attr:`params`);
-        this one is unchanged."""
+        this one is unchanged.
+        """
         unknown = set(replacements) - set(self.params)
         if unknown:
             raise KeyError(f"No parameters {sorted(unknown)} in the ensemble.")
@@ -120,6 +126,7 @@ class Ensemble:
         return other
 
     def snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of the stacked parameters, for :meth:`restore`."""
         return {name: p.detach().clone() for name, p in self.params.items()}
 
     @torch.no_grad()

@@ -31,6 +31,7 @@ class FeatureScaling:
 
     @property
     def per_section(self) -> bool:
+        """Whether each section is standardised with its own statistics (none are kept)."""
         return self.mean is None
 
     def width(self, n_channels: int) -> int:
@@ -134,7 +135,8 @@ def _merge_moments(moments) -> tuple[int, np.ndarray, np.ndarray]:
 
 def _chan(count: int, mean: np.ndarray, m2: np.ndarray, k: int, part_mean: np.ndarray, part_m2: np.ndarray):
     """Count, mean and sum of squared deviations of two groups merged (Chan's formula, which keeps the precision
-    of a two-pass variance)."""
+    of a two-pass variance).
+    """
     if k == 0:
         return count, mean, m2
     delta = part_mean - mean
@@ -145,7 +147,8 @@ def _chan(count: int, mean: np.ndarray, m2: np.ndarray, k: int, part_mean: np.nd
 def tissue_moments(features, tissue: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     """Number of tissue bins, and per-channel mean and standard deviation over them, in float64, from one pass over
     bands of rows (stored feature maps are chunked over all channels at once: a channel at a time would read the
-    store once per channel). Bands are merged with Chan's formula."""
+    store once per channel). Bands are merged with Chan's formula.
+    """
     n = features.shape[0]
     count, mean, m2 = 0, np.zeros(n), np.zeros(n)
     for r0 in range(0, tissue.shape[0], _ROWS_PER_CHUNK):

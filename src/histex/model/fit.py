@@ -76,7 +76,8 @@ class _TokenGrid:
 
     def indices(self, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flat indices ``(n, window**2)`` of the windows centred on ``anchors`` ``(n, 2)`` (row, col), and which
-        of them lie on the grid (the others index bin 0 and must be zeroed)."""
+        of them lie on the grid (the others index bin 0 and must be zeroed).
+        """
         return self.window_indices(self.shape, self.window, anchors)
 
     @staticmethod
@@ -90,22 +91,26 @@ class _TokenGrid:
 
     def gather(self, index: torch.Tensor, inside: torch.Tensor | None) -> torch.Tensor:
         """Tokens ``(..., window**2, d)`` at ``index``; ``inside`` (same shape, or None when all are) zeroes the
-        positions off the grid."""
+        positions off the grid.
+        """
         return gather_tokens(self.flat, index, inside)
 
 
 def gather_tokens(flat: torch.Tensor, index: torch.Tensor, inside: torch.Tensor | None) -> torch.Tensor:
+    """The rows ``index`` of the flat token grid, zeroed where ``inside`` is 0 (window bins off the grid)."""
     tokens = flat[index]
     return tokens if inside is None else tokens * inside[..., None]
 
 
 def embedding_dim(config: FitConfig, *, with_context: bool = True) -> int:
     """Width of the embedding the network of :func:`build_network` returns beside its expression (without gene
-    tokens, the MLP's last hidden layer)."""
+    tokens, the MLP's last hidden layer).
+    """
     return config.dim if config.use_context and with_context else config.hidden[-1]
 
 
 def build_network(config: FitConfig, n_features: int, n_genes: int) -> torch.nn.Module:
+    """The network of ``config``: :class:`HistexNet` with the expression context, else the image-only MLP."""
     if config.use_context:
         return HistexNet(
             n_features,
@@ -124,7 +129,8 @@ def build_network(config: FitConfig, n_features: int, n_genes: int) -> torch.nn.
 
 def windows_per_step(config: FitConfig, device: torch.device) -> int:
     """Windows a prediction runs at a time: ``config.predict_batch_size``, by default 2,048 on a GPU, 256
-    elsewhere."""
+    elsewhere.
+    """
     return config.predict_batch_size or (2048 if device.type == "cuda" else 256)
 
 
@@ -157,6 +163,7 @@ class History:
 
     @property
     def epochs(self) -> int:
+        """Epochs run."""
         return self.loss.shape[1]
 
 
@@ -257,7 +264,8 @@ class SpotLoss:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each state's output for every bin of the windows of ``spots`` (``(n_states, n)``, each state its own; or
         ``(n,)``, the same for all), ``(n_states, n, window**2, width)`` in float32: the expression, or with
-        ``hidden`` the last hidden layer; and which bins lie in each spot's disk ``(n_states, n, window**2)``."""
+        ``hidden`` the last hidden layer; and which bins lie in each spot's disk ``(n_states, n, window**2)``.
+        """
         idx = torch.from_numpy(spots).to(self.device)
         inside = self.token_inside[idx] if self.off_grid[spots].any() else None
         tokens = gather_tokens(self.flat, self.token_idx[idx], inside)

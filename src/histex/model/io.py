@@ -83,7 +83,8 @@ def write_model(
 
 def read_model(path: str | Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]], dict[str, np.ndarray]]:
     """The manifest, the state dicts (by file name without ``.safetensors``) and the arrays of a model folder,
-    checked file by file."""
+    checked file by file.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -97,7 +98,7 @@ def read_model(path: str | Path) -> tuple[dict, dict[str, dict[str, torch.Tensor
         raise ValueError(f"{path / MANIFEST} is not valid JSON ({error}); the model folder is damaged.") from error
     schema = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if not isinstance(schema, int):  # a damaged file, not a wrong argument: ValueError like the others
-        raise ValueError(f"{path / MANIFEST} has no schema_version: it is not a histex model manifest.")  # noqa: TRY004
+        raise ValueError(f"{path / MANIFEST} has no schema_version: it is not a histex model manifest.")
     if schema > SCHEMA_VERSION:
         raise ValueError(
             f"{path} was saved by histex {manifest.get('histex_version', '?')} in model schema {schema}; this histex "

@@ -61,7 +61,8 @@ def disk_incidence(spot_rc: np.ndarray, radius_bins: float, bin_rc: np.ndarray) 
 
 def spot_consistency(disk_sums: np.ndarray, measured: np.ndarray) -> np.ndarray:
     """Per gene, the Pearson correlation over spots between what each spot measured and the prediction summed over
-    its disk (NaN for a gene constant in either)."""
+    its disk (NaN for a gene constant in either).
+    """
     from histex.metrics import pearson_per_gene
 
     return pearson_per_gene(np.asarray(disk_sums, float), np.asarray(measured, float))
@@ -71,7 +72,8 @@ def log_ratios(
     measured: np.ndarray, disk_sums: np.ndarray, pseudocount: float = PSEUDOCOUNT, *, offset: np.ndarray | None = None
 ) -> np.ndarray:
     """``log((measured + a) / (disk_sums + a))`` per spot and gene, ``a`` = ``pseudocount`` times the gene's mean
-    measured count (at least 1e-6), or ``offset`` (per gene) when given: for some of the spots, ``a`` of all."""
+    measured count (at least 1e-6), or ``offset`` (per gene) when given: for some of the spots, ``a`` of all.
+    """
     measured = np.asarray(measured, float)
     a = pseudocount_offset(measured, pseudocount) if offset is None else offset
     return np.log((measured + a) / (np.maximum(np.asarray(disk_sums, float), 0.0) + a))
@@ -187,7 +189,8 @@ class SpotMatch:
 
     def blocks(self, blocks: Iterable) -> Iterator:
         """The blocks (:class:`histex.model.predict.Block`, in counts) matched, in order, each released as soon as
-        the spots it depends on are summed."""
+        the spots it depends on are summed.
+        """
         pending: list = []
         received = 0
         released = 0
@@ -236,18 +239,20 @@ def _take(pending: list, start: int, stop: int) -> tuple:
 
 def shape_weights(steps: int = SHAPE_STEPS) -> np.ndarray:
     """The mixtures :class:`ShapeChoice` tries, ``(n, 2)`` weights ``(shared, flat)`` on a grid of ``1 / steps``
-    with ``shared + flat <= 1``; the first is ``(0, 0)``, the gene's own pattern."""
+    with ``shared + flat <= 1``; the first is ``(0, 0)``, the gene's own pattern.
+    """
     grid = np.arange(steps + 1) / steps
     return np.array([(shared, flat) for shared in grid for flat in grid if shared + flat <= 1 + 1e-9])
 
 
 def log_relative(pred: np.ndarray, gene_mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each gene's log expression relative to its mean, ``(..., genes)``, and the shared pattern ``(..., 1)``: the log
-    of the mean over genes of the relative expression (genes with a mean above zero), where the cells are."""
+    of the mean over genes of the relative expression (genes with a mean above zero), where the cells are.
+    """
     mean = np.maximum(np.asarray(gene_mean, float), 1e-12)
     relative = np.maximum(np.asarray(pred, float), 1e-6 * mean) / mean
     used = np.asarray(gene_mean) > 0
-    shared = relative[..., used].mean(axis=-1, keepdims=True) if used.any() else np.ones(relative.shape[:-1] + (1,))
+    shared = relative[..., used].mean(axis=-1, keepdims=True) if used.any() else np.ones((*relative.shape[:-1], 1))
     return np.log(relative), np.log(shared)
 
 
@@ -256,7 +261,8 @@ def mix_shapes(
 ) -> np.ndarray:
     """Predictions ``(..., genes)`` with each gene's pattern over the bins mixed, in log space, with the shared
     pattern (weight ``shared``) and with none (weight ``flat``); ``logs`` are :func:`log_relative`'s, if at hand.
-    A gene with both weights zero keeps its prediction exactly."""
+    A gene with both weights zero keeps its prediction exactly.
+    """
     log_own, log_shared = log_relative(pred, gene_mean) if logs is None else logs
     own = 1.0 - np.asarray(shared) - np.asarray(flat)
     mixed = np.exp(own * log_own + np.asarray(shared) * log_shared) * np.maximum(np.asarray(gene_mean, float), 1e-12)
@@ -268,7 +274,8 @@ def left_out_errors(
 ) -> np.ndarray:
     """How well disk sums and the log-ratios of the other spots predict each spot: per spot and gene, the squared
     error in ``log(counts + offset)`` when a spot's ratio is the inverse-distance-weighted mean of its ``k`` nearest
-    other spots' (matching as if the spot had not been measured)."""
+    other spots' (matching as if the spot had not been measured).
+    """
     from scipy.spatial import cKDTree
 
     k = min(k, len(spot_rc) - 1)
@@ -374,6 +381,7 @@ class ShapeChoice:
         return cls(gene_mean, weights[best, 0], weights[best, 1])
 
     def __call__(self, mean: np.ndarray, spread: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mix each gene's shape into a block of predictions: ``(mean, spread)`` rescaled alike."""
         mixed = mix_shapes(mean, self.gene_mean, self.shared, self.flat).astype(np.float32)
         scale = np.divide(mixed, mean, out=np.ones_like(mixed), where=mean > 0)
         return mixed, spread * scale

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 @dataclass
 class Prediction:
     """Predictions for the in-tissue bins (row-major order), in target units unless transformed. ``mean``, ``spread``
-    and ``embedding`` are NumPy arrays, or whatever arrays :func:`predict` was given to fill."""
+    and ``embedding`` are NumPy arrays, or whatever arrays :func:`predict` was given to fill.
+    """
 
     rows: np.ndarray  # (n_bins,)
     cols: np.ndarray
@@ -48,7 +49,8 @@ class Block:
 def prediction_windows(tissue: np.ndarray, window: int, stride: int) -> np.ndarray:
     """Anchors (window centres, ``(n, 2)`` row/col) of ``window x window`` blocks laid with ``stride`` that touch
     tissue, in row-major order. With ``stride == window`` the blocks tile the grid; smaller strides overlap, and
-    every bin is covered by about ``(window / stride) ** 2`` windows."""
+    every bin is covered by about ``(window / stride) ** 2`` windows.
+    """
     if not 1 <= stride <= window:
         raise ValueError(f"stride must be between 1 and the window ({window}), got {stride}.")
     rows, cols = tissue.shape
@@ -67,7 +69,8 @@ def prediction_windows(tissue: np.ndarray, window: int, stride: int) -> np.ndarr
 def median_of_states(preds: torch.Tensor) -> torch.Tensor:
     """The median over the leading (state) axis, the lower of the middle two for an even count, as
     ``torch.median`` gives it: sorted by a network of element-wise minima and maxima, which for a handful of states
-    is ten to twenty times faster on the CPU than ``torch.median`` over a leading axis."""
+    is ten to twenty times faster on the CPU than ``torch.median`` over a leading axis.
+    """
     values = list(preds.unbind(0))
     n = len(values)
     for sweep in range(n):  # odd-even transposition sort: n sweeps sort n values

@@ -27,13 +27,15 @@ PENALTIES = np.logspace(-4, 2, 25)
 class ReadoutFit:
     """How the heads were refitted to a section's spots: each state's ridge penalty (per spot, on the whitened
     hidden layer), which genes each state refitted (the others kept the trained head and moved its intercept
-    only), and the spots used."""
+    only), and the spots used.
+    """
 
     penalty: np.ndarray  # (n_states,)
     refitted: np.ndarray  # (n_states, n_genes) bool
     n_spots: int
 
     def summary(self) -> dict:
+        """What the refit did, for ``uns``: the spots, each state's penalty and how many genes were refitted."""
         return {
             "n_spots": self.n_spots,
             "penalty": [float(p) for p in self.penalty],
@@ -98,7 +100,8 @@ def refit_readout(ensemble: Ensemble, problem: Problem, config: FitConfig) -> tu
 
 def _whitening(cov: np.ndarray, floor: float = 1e-6) -> np.ndarray:
     """``W`` ``(p, rank)`` with ``W.T @ cov @ W = I`` over the directions whose variance exceeds ``floor`` times the
-    largest (dead units and exact dependencies are dropped)."""
+    largest (dead units and exact dependencies are dropped).
+    """
     eig, vec = np.linalg.eigh((cov + cov.T) / 2)
     keep = eig > floor * max(eig.max(), 0.0)
     return vec[:, keep] / np.sqrt(eig[keep])

@@ -139,6 +139,7 @@ class HistexSettings:
         return cls(**{**PRESETS[variant], **given})
 
     def replace(self, **changes) -> HistexSettings:
+        """A copy with ``changes`` (checked as the constructor checks them)."""
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -147,12 +148,14 @@ class HistexSettings:
 
     @classmethod
     def from_dict(cls, values: dict) -> HistexSettings:
+        """Settings from :meth:`to_dict`'s output; keys of other versions are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def fit_config(self, *, window: int, **extra) -> FitConfig:
         """The network and training settings of one fit, for :func:`histex.model.train` and
-        :func:`histex.model.predict`. ``extra``: device, show_progress, predict_batch_size."""
+        :func:`histex.model.predict`. ``extra``: device, show_progress, predict_batch_size.
+        """
         shared = {f.name for f in fields(FitConfig)} - {"window", "stride", "context_withheld"}
         values = {k: v for k, v in asdict(self).items() if k in shared}
         withheld = self.context_withheld if self.he_only == "withheld" and self.use_context else 0.0
@@ -162,7 +165,8 @@ class HistexSettings:
 
     def image_only(self) -> HistexSettings:
         """The image-only states of ``he_only="image_states"``: the ``"image_only"`` variant with this model's
-        MLP, training and seeds."""
+        MLP, training and seeds.
+        """
         keep = ("hidden", "nonlinear", "targets", "epochs", "n_states", "batch_size", "lr", "holdout", "patience",
                 "precision", "feature_components", "feature_scaling", "positions", "seed")  # fmt: skip
         return HistexSettings.preset("image_only", **{k: getattr(self, k) for k in keep}, he_only="none")

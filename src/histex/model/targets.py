@@ -24,6 +24,7 @@ class TargetScaler:
 
     @classmethod
     def fit(cls, counts: np.ndarray, kind: str = "minmax") -> TargetScaler:
+        """The scaling of ``counts`` (spots x genes): ``kind`` ``"minmax"`` or ``"log1p"``, each gene's range."""
         if kind not in TARGETS:
             raise ValueError(f"targets must be one of {TARGETS}, got {kind!r}.")
         x = cls._forward(np.asarray(counts, dtype=np.float64), kind)
@@ -35,10 +36,12 @@ class TargetScaler:
 
     @property
     def span(self) -> np.ndarray:
+        """Each gene's range, 1 where it has none."""
         span = self.high - self.low
         return np.where(span > 0, span, 1.0)
 
     def transform(self, counts: np.ndarray) -> np.ndarray:
+        """Counts to network targets, gene by gene in [0, 1] over the fitted range."""
         x = self._forward(np.asarray(counts, dtype=np.float64), self.kind)
         return ((x - self.low) / self.span).astype(np.float32)
 
@@ -57,7 +60,8 @@ class TargetScaler:
 
     def block_to_counts_per_bin(self, bins_per_spot: float):
         """``(mean, spread)`` in target units to counts per bin, for :func:`histex.model.predict` to apply a block
-        at a time."""
+        at a time.
+        """
 
         def transform(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return self.to_counts_per_bin(y, bins_per_spot), self.spread_to_counts_per_bin(s, y, bins_per_spot)

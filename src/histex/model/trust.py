@@ -162,7 +162,8 @@ def count_interval(
 def bin_draws(start: int, n_bins: int, n_genes: int, seed: int = 0, *, gene_start: int = 0) -> np.ndarray:
     """Uniform numbers in [0, 1) for the bins ``start:start + n_bins`` (rows) and genes ``gene_start:gene_start +
     n_genes``, the same for a bin and gene however the table is cut into blocks: a counter-based hash (splitmix64)
-    of the bin, the gene and ``seed``."""
+    of the bin, the gene and ``seed``.
+    """
     bins = np.arange(start, start + n_bins, dtype=np.uint64)[:, None]
     genes = np.arange(gene_start, gene_start + n_genes, dtype=np.uint64)[None, :]
     golden = np.uint64(0x9E3779B97F4A7C15)
@@ -177,7 +178,8 @@ def bin_draws(start: int, n_bins: int, n_genes: int, seed: int = 0, *, gene_star
 def expected_pearson(n: float, total: np.ndarray, squares: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """Per gene, the Pearson correlation over bins between the predicted counts and counts drawn around them:
     ``sqrt(var / (var + noise))``, ``var`` the variance of the prediction over the ``n`` bins (from its ``total``
-    and sum of ``squares``) and ``noise`` the mean predictive variance of a bin. 0 for a flat map."""
+    and sum of ``squares``) and ``noise`` the mean predictive variance of a bin. 0 for a flat map.
+    """
     n = max(float(n), 1.0)
     var = np.maximum(np.asarray(squares, float) / n - (np.asarray(total, float) / n) ** 2, 0.0)
     noise = np.asarray(noise, float) / n
@@ -189,7 +191,8 @@ def expected_pearson(n: float, total: np.ndarray, squares: np.ndarray, noise: np
 def reliability(expected: np.ndarray, consistency: np.ndarray | None = None) -> np.ndarray:
     """Per gene, the expected Pearson correlation at 8 µm (:func:`expected_pearson`) times the network's own
     agreement with the spots (Pearson over spots, clipped to [0, 1]; a gene constant in the spots scores 0).
-    Without spots (``None``), the expected correlation alone, which then is an upper bound."""
+    Without spots (``None``), the expected correlation alone, which then is an upper bound.
+    """
     expected = np.asarray(expected, dtype=np.float64)
     if consistency is None:
         return expected

@@ -44,7 +44,8 @@ class CrossAttention(nn.Module):
         into the side with few (:func:`_few_keys`, :func:`_few_queries`): a window's 49 bins attend to 5 gene tokens
         or are attended by them, and projecting the 49 tokens per head cost more than the attention itself. Half the
         time on the CPU; equal to :meth:`forward` up to rounding. Queries ``(batch, n, dim)``, or with stacked
-        weights ``(states, batch, n, dim)``."""
+        weights ``(states, batch, n, dim)``.
+        """
         params = [layer.weight for layer in (self.to_q, self.to_k, self.to_v, self.out)]
         params += [layer.bias for layer in (self.to_q, self.to_k, self.to_v, self.out)]
         stacked = params[0].dim() == 3
@@ -61,7 +62,8 @@ class CrossAttention(nn.Module):
 def _softmax(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Softmax over ``dim``. torch.softmax is four times slower on the CPU over the five gene tokens a window
     attends to (a fifth of a prediction's time, and slower to differentiate); this is the same function, written
-    out."""
+    out.
+    """
     weights = scores - scores.amax(dim=dim, keepdim=True)
     if torch.is_grad_enabled():
         weights = weights.exp()

@@ -153,7 +153,8 @@ class HistexNet(nn.Module):
 
     def _image_alone(self, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The MLP's last hidden layer with the fused tokens and the context mean at zero (what
-        ``context_withheld`` trains); it is also the embedding, as :class:`ImageOnlyNet`'s."""
+        ``context_withheld`` trains); it is also the embedding, as :class:`ImageOnlyNet`'s.
+        """
         dim = self.blocks[-1].linear.out_features
         first = self.mlp[0]
         # zero inputs contribute nothing: only the image columns of the first layer act

@@ -8,7 +8,8 @@ from torch import nn
 
 class Linear(nn.Linear):
     """:class:`torch.nn.Linear` that also takes stacked weights (:func:`linear`); the same parameters and state
-    dict."""
+    dict.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)

@@ -80,7 +80,8 @@ def cell_layer(sdata, table, table_key: str, image_key: str | None, *, image: bo
 
 def _frame(sdata, table, element, name: str, image_key: str | None, *, image: bool):
     """The image to draw under the cells and the affine from the cells' coordinates to its pixels; without one,
-    ``(None, identity)``: the cells in their own coordinates."""
+    ``(None, identity)``: the cells in their own coordinates.
+    """
     from histex import _sdata
     from histex.pl._underlay import image_to_draw
 

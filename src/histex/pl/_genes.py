@@ -205,7 +205,8 @@ def _genes_on_cells(sdata, table, genes, table_key, truth_key, *, spots, image_k
 
 def _same_cells(sdata, table, truth_key: str):
     """The rows of ``tables[truth_key]`` for the cells of ``table``, in its order: same region and instance id, where
-    cells that :func:`histex.tl.to_cells` grew count as the cells they grew from."""
+    cells that :func:`histex.tl.to_cells` grew count as the cells they grew from.
+    """
     from spatialdata.models import get_table_keys
 
     truth = sdata.tables[truth_key]
@@ -229,7 +230,8 @@ def _same_cells(sdata, table, truth_key: str):
 def _spots_under_cells(sdata, table, table_key: str, drawn_on: str | None):
     """The spots the cells' bins were fitted on, the layer fitted, their centres and radius in the pixels of the H&E
     the cells are drawn on, and the factor that turns their counts into counts per median cell; None (and the
-    reason logged) where there are none or they cannot be placed."""
+    reason logged) where there are none or they cannot be placed.
+    """
     from histex import _sdata
 
     bins_key = histex_record(table, "params").get("table_key")

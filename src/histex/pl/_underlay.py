@@ -31,7 +31,8 @@ def _histex_meta(table) -> dict:
 def image_to_draw(sdata, recorded: str | None, image_key: str | None, what: str) -> str | None:
     """The H&E to draw under ``what``: the one named (a KeyError that lists the images when it is missing), else
     the one histex read (``recorded``) where it is in the SpatialData, else the only one; None, with the reason
-    logged, when there is none to choose."""
+    logged, when there is none to choose.
+    """
     from histex import _sdata
 
     if image_key is not None:
@@ -175,7 +176,8 @@ def _as_rgb(pixels: np.ndarray) -> np.ndarray:
 
 def underlay(sdata, table, table_key: str, image_key: str | None):
     """The crop of the H&E under the bins, the full-resolution pixel box it covers and the 3 x 3 affine from those
-    pixels to bin coordinates; None when the bins are drawn alone."""
+    pixels to bin coordinates; None when the bins are drawn alone.
+    """
     placed = _locate_image(sdata, table, table_key, image_key)
     if placed is None:
         return None

@@ -110,7 +110,7 @@ def extract_features(
         The image; found automatically when unambiguous (``*_full_image`` is preferred).
     model
         An encoder name (see :func:`histex.pp.available_models`: ``"uni"``, ``"uni2-h"``, ``"h-optimus-0"``,
-        ``"virchow2"``, ``"gigapath"``, ``"resnet50"``, ``"texture"``), an :class:`histex.encoders.Encoder`, or a
+        ``"h-optimus-1"``, ``"virchow2"``, ``"gigapath"``, ``"resnet50"``, ``"texture"``), an :class:`histex.encoders.Encoder`, or a
         torch module / callable that maps normalised tiles to tokens or a feature map (give its ``patch_size``).
         The default ``"texture"`` is weight-free: colour deconvolution and multi-scale texture statistics.
     weights
@@ -293,7 +293,8 @@ class BinFeatures:
 
 def _grid_bin_px(sdata, key: str, image_key: str, coordinate_system: str) -> float | None:
     """Bin edge in image pixels if element ``key`` is a bin grid on the image (a pure scale, aligned to the image's
-    origin, in the shared coordinate system), else None."""
+    origin, in the shared coordinate system), else None.
+    """
     element = sdata.images[key]
     if coordinate_system not in _sdata.element_transformations(element):
         return None

@@ -20,7 +20,8 @@ def _levels(element) -> list:
 
 def _level_factor(level, level0) -> int | None:
     """How many level-0 pixels one pixel of a pyramid level spans, from the levels' transformations; ``None`` when
-    that is not a whole number (such a level is not used: its pixels would not tile level 0's)."""
+    that is not a whole number (such a level is not used: its pixels would not tile level 0's).
+    """
     from histex._sdata import element_transformations
 
     if level is level0:

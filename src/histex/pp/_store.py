@@ -67,7 +67,8 @@ class FeatureStore:
 
     def finish(self, mask: np.ndarray, attrs: dict[str, dict]) -> None:
         """Put the map and the mask in place (replacing earlier ones) and record ``attrs`` under
-        ``sdata.attrs["histex"][name][key]``."""
+        ``sdata.attrs["histex"][name][key]``.
+        """
         import dask.array as da
         from spatialdata.models import Labels2DModel
 

@@ -39,7 +39,8 @@ _CHUNK_BYTES = 32 * 2**20  # zarr chunk of the features element
 class ImageSource:
     """A lazily read RGB image pyramid: ``levels[k]`` is a ``(c, y, x)`` array (numpy or dask) downscaled by
     ``factors[k]`` from level 0, whose pixels are ``mpp`` µm. ``channels`` are the RGB channels; ``scale`` maps the
-    stored values to 0-255 (1 for uint8)."""
+    stored values to 0-255 (1 for uint8).
+    """
 
     levels: list
     factors: list[int]
@@ -53,14 +54,16 @@ class ImageSource:
 
     def level_for(self, working_mpp: float) -> int:
         """The coarsest level still at least as fine as the working resolution (reading less, losing nothing);
-        level 0 when even that is coarser (the image is then upsampled)."""
+        level 0 when even that is coarser (the image is then upsampled).
+        """
         ok = [k for k, d in enumerate(self.factors) if self.mpp * d <= working_mpp * (1 + 1e-6)]
         return max(ok, key=lambda k: self.factors[k], default=0)
 
     def read(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Pixels ``[y0, y1) x [x0, x1)`` of a level as ``(y, x, 3)`` uint8, the edge pixels repeated beyond the
         image (so that resampling near the edge sees only the image; :func:`whiten_outside` blanks what lies
-        beyond), white where the window misses the image altogether."""
+        beyond), white where the window misses the image altogether.
+        """
         arr = self.levels[level]
         h, w = arr.shape[1:]
         cy0, cy1, cx0, cx1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
@@ -239,7 +242,8 @@ class BlockTiles(torch.utils.data.Dataset):
 
 def _release_freed_memory() -> None:
     """Hand memory freed by numpy back to the system (glibc keeps it, fragmented, and the process's resident size
-    would creep up with the number of blocks, i.e. with the slide's area)."""
+    would creep up with the number of blocks, i.e. with the slide's area).
+    """
     global _malloc_trim
     if _malloc_trim is None:
         try:
@@ -291,7 +295,8 @@ class EncodeStats:
 
 def default_num_workers(device: torch.device) -> int:
     """Worker processes for reading and resampling: up to 8 beside a GPU, up to 2 beside a CPU encoder; none where
-    workers would be spawned (macOS, Windows), which re-imports everything and copies in-memory images into each."""
+    workers would be spawned (macOS, Windows), which re-imports everything and copies in-memory images into each.
+    """
     if torch.multiprocessing.get_start_method(allow_none=False) != "fork":
         return 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -128,7 +128,8 @@ def visium_like(
 def add_truth_cells(sdata, polygons, counts, *, mpp: float, var: pd.DataFrame, obs: pd.DataFrame | None = None) -> None:
     """Add the truth per cell: ``shapes["truth_cells_boundaries"]`` (the cells' polygons in the H&E's pixels,
     placed as the truth bins are) and ``tables["truth_cells"]`` annotating them (``X`` the cell's counts,
-    ``obs["area_um2"]``, ``obsm["spatial"]`` centroids, and the columns of ``obs``)."""
+    ``obs["area_um2"]``, ``obsm["spatial"]`` centroids, and the columns of ``obs``).
+    """
     import geopandas as gpd
     import shapely
     from spatialdata.models import ShapesModel, TableModel

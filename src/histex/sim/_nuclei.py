@@ -212,7 +212,8 @@ def from_nuclei(
 def place_transcripts(weights: sp.csr_matrix, counts: np.ndarray, rng: np.random.Generator) -> sp.csr_matrix:
     """Each transcript of each cell placed in one bin, drawn by the cell's area shares (``weights``, cells x bins,
     a row summing to 1 or less where the cell reaches past the grid: the transcripts of the part outside are lost, as
-    the fractional split loses them). Returns bins x genes whole counts (float32)."""
+    the fractional split loses them). Returns bins x genes whole counts (float32).
+    """
     weights = sp.csr_matrix(weights)
     counts = np.rint(np.asarray(counts)).astype(np.int64)
     cells, genes = np.nonzero(counts)

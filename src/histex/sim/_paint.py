@@ -319,7 +319,8 @@ def _seeds(rng, shape, cell_px):
 
 def _tissue_from_nuclei(centres, shape, mpp):
     """A soft tissue mask on a grid of 8 µm blocks (and its step in px): blocks with nuclei, grown by 15 µm, holes
-    filled, smoothed so that its 0.5 level is a smooth outline."""
+    filled, smoothed so that its 0.5 level is a smooth outline.
+    """
     step = max(1, round(8.0 / mpp))
     grid = (int(np.ceil(shape[0] / step)) + 1, int(np.ceil(shape[1] / step)) + 1)
     occupied = np.zeros(grid, bool)
@@ -335,7 +336,8 @@ def _tissue_from_nuclei(centres, shape, mpp):
 
 def _sample(field, step, row0, row1, width):
     """Bilinear samples of a coarse field (values at the centres of ``step`` px blocks) at pixel centres of rows
-    ``row0:row1`` and every column."""
+    ``row0:row1`` and every column.
+    """
 
     def axis(start, stop, size):
         t = np.clip((np.arange(start, stop) + 0.5) / step - 0.5, 0, size - 1)

@@ -1,5 +1,6 @@
 """A simulated section written as the ``outs/`` folder of ``spaceranger count``, to run ``histex run`` and
-``histex cohort`` on sections whose truth is known."""
+``histex cohort`` on sections whose truth is known.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """``annotate``: tissue domains on super-resolved bins, or cell types on cells, named by marker genes, with their
-boundaries."""
+boundaries.
+"""
 
 from __future__ import annotations
 

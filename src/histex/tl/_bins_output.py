@@ -28,7 +28,8 @@ _CHUNK_GENES = 256
 
 class RowWriter:
     """A zarr array filled from the top in contiguous row blocks of any size, written a whole chunk of rows at a
-    time: a chunk is compressed once, not re-read and rewritten for every block that touches it."""
+    time: a chunk is compressed once, not re-read and rewritten for every block that touches it.
+    """
 
     def __init__(self, array):
         self.array = array

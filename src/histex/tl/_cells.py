@@ -267,7 +267,8 @@ def _check_outputs(sdata, outputs: list[tuple[str, str]], inputs: set) -> None:
 
 def _grown_by(sdata, key_added: str) -> list[tuple[str, str]]:
     """The grown cells that an earlier ``to_cells`` wrote beside ``tables[key_added]``, which a new call with the
-    same ``key_added`` replaces."""
+    same ``key_added`` replaces.
+    """
     table = sdata.tables.get(key_added)
     if table is None or "cells_key" not in histex_record(table, "params"):
         return []
@@ -313,7 +314,8 @@ def _label_image(element, cells_key: str):
 
 def _expand_labels(labels, distance: float):
     """Labels grown by ``distance`` pixels (skimage's nearest-label expansion), computed lazily in blocks that
-    overlap by more than the distance, so that no seam shows."""
+    overlap by more than the distance, so that no seam shows.
+    """
     import dask.array as da
     from skimage.segmentation import expand_labels
 

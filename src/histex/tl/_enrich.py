@@ -202,7 +202,7 @@ def _decoupler_n_up(n_selected: int, n_genes: int) -> int:
 
 
 def _ora(markers: pd.DataFrame, net: pd.DataFrame, *, n_markers: int, min_size: int) -> pd.DataFrame:
-    """decoupler's ORA of each group's significant up-regulated markers; ``group, term, score, padj`` rows."""
+    """Decoupler's ORA of each group's significant up-regulated markers; ``group, term, score, padj`` rows."""
     import decoupler as dc
 
     genes = markers["gene"].unique()

@@ -87,13 +87,15 @@ class HistexModel:
     @property
     def encoder(self) -> dict:
         """What :func:`histex.pp.extract_features` recorded of the features the model was trained on (``model``,
-        ``weights_digest``, ``bin_size_um``, ...): a section to predict needs features extracted the same way."""
+        ``weights_digest``, ``bin_size_um``, ...): a section to predict needs features extracted the same way.
+        """
         return dict(self._need_trained().encoder or {})
 
     @property
     def history(self):
         """The training loss per state and epoch (and on held-out spots), as a :class:`pandas.DataFrame`:
-        columns ``state``, ``epoch``, ``loss``, ``validation``."""
+        columns ``state``, ``epoch``, ``loss``, ``validation``.
+        """
         import pandas as pd
 
         h = self._need_trained().history
@@ -274,7 +276,8 @@ class HistexModel:
         **fit_args,
     ) -> str:
         """Fit on one section and predict its bins, reading and preparing the section once
-        (:func:`histex.tl.super_resolve`). ``fit_args`` are those of :meth:`fit`; returns ``key_added``."""
+        (:func:`histex.tl.super_resolve`). ``fit_args`` are those of :meth:`fit`; returns ``key_added``.
+        """
         check_output_keys(sdata, key_added)
         to_store = wants_store(sdata, to_store)
         timer, (inputs,), (problem,) = self._fit([sdata], device=device, show_progress=show_progress, **fit_args)
@@ -301,7 +304,8 @@ class HistexModel:
         **keys,
     ) -> tuple[_Timer, list[SectionInputs], list[Problem]]:
         """Read the sections, train, and keep what prediction needs; the sections as read and their problems
-        are returned for a prediction of the same section (:meth:`fit_predict`)."""
+        are returned for a prediction of the same section (:meth:`fit_predict`).
+        """
         torch_device = resolve_device(device)
         compute_dtype(self.settings.precision, torch_device)  # refuses an unknown precision before any work
         checkpoint = Checkpoint(checkpoint_dir, checkpoint_every) if checkpoint_dir is not None else None
@@ -564,7 +568,8 @@ class HistexModel:
     ) -> str:
         """Predict the section into its output. ``counts`` (the spots' measured counts, when the spots are used) fit
         the genes' dispersion and check the network; with ``match`` they set the bins' level, each gene's shape first
-        chosen on the spots with ``shapes`` (default: the settings)."""
+        chosen on the spots with ``shapes`` (default: the settings).
+        """
         t = self._trained
         counts = counts if network.use_spots else None
         ensemble, config = network.ensemble, network.config
@@ -629,7 +634,8 @@ class HistexModel:
 
     def _trust(self, problem, counts, bin_rc, *, summed: bool) -> trust.BinTrust:
         """The intervals' and reliability's accumulator: the genes' dispersion from the section's spots when it has
-        them, else the training spots'; with ``summed``, the final prediction summed over the spots' disks."""
+        them, else the training spots'; with ``summed``, the final prediction summed over the spots' disks.
+        """
         began = time.perf_counter()
         if counts is None:
             return trust.BinTrust(self._trained.dispersion, seed=self.settings.seed)

@@ -1,5 +1,6 @@
 """Which genes and bins to trust, on the tables of ``super_resolve``: the genes flagged reliable, and predictive
-intervals at any level (the array math is :mod:`histex.model.trust`)."""
+intervals at any level (the array math is :mod:`histex.model.trust`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from histex.model import trust
 
 def select_genes(table, genes: str | list[str] | None, table_key: str) -> list[str] | None:
     """The genes a tool should use: ``None`` (all: returned as ``None``), ``"reliable"`` (those of
-    ``var["reliable"]``, :func:`histex.tl.super_resolve`), or a list, checked to be in the table."""
+    ``var["reliable"]``, :func:`histex.tl.super_resolve`), or a list, checked to be in the table.
+    """
     if genes is None:
         return None
     if isinstance(genes, str) and genes == "reliable":
