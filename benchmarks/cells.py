@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 import histex as hx
-from histex._bench import _peak_rss_mb, _reset_peak_rss
+from histex._memory import peak_rss_mb, reset_peak_rss
 
 PITCH_UM, RADIUS_UM, MPP, BIN_UM = 10.0, 3.0, 0.5, 8.0
 
@@ -88,14 +88,14 @@ def slide(folder: Path, n_cells: int, n_genes: int, seed: int = 0):
 
 def bench_to_cells(args) -> dict:
     sdata = slide(args.out, args.cells, args.genes)
-    _reset_peak_rss()
+    reset_peak_rss()
     start = time.perf_counter()
     key = hx.tl.to_cells(sdata, cells_key="nuclei")
     seconds = time.perf_counter() - start
     return {
         "cells": int(sdata.tables[key].n_obs),
         "seconds": round(seconds, 1),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 
@@ -134,13 +134,13 @@ def bench_segmentation(args) -> dict:
     slide_sdata = sd.SpatialData(
         images={"he": Image2DModel.parse(tiled, dims=("c", "y", "x"), transformations={"global": Identity()})}
     )
-    _reset_peak_rss()
+    reset_peak_rss()
     start = time.perf_counter()
     hx.pp.segment_nuclei(slide_sdata, mpp=0.5, show_progress=False)
     seconds = time.perf_counter() - start
     area_mm2 = (args.segment_px * 0.5 / 1000) ** 2
     print(f"segmentation: {len(slide_sdata.shapes['nuclei'])} nuclei on {area_mm2:.0f} mm² in {seconds:.0f} s, "
-          f"peak RSS {_peak_rss_mb():.0f} MiB", flush=True)  # fmt: skip
+          f"peak RSS {peak_rss_mb():.0f} MiB", flush=True)  # fmt: skip
     return {"f1": round(float(f1), 4), "median_iou": round(float(np.median(best)), 4),
             "mm2_per_min": round(area_mm2 / seconds * 60, 2)}  # fmt: skip
 

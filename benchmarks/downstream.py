@@ -18,7 +18,6 @@ expression and ``enrich`` are timed, to show that neither makes the table dense.
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 import warnings
 from pathlib import Path
@@ -33,16 +32,13 @@ from spatialdata.models import Image2DModel, TableModel
 from spatialdata.transformations import Identity
 
 import histex as hx
+from histex._memory import peak_rss_mb
 from histex.geometry import BinGrid
 from histex.sim import hex_spots, sum_into_spots
 
 BIN_UM = 8.0
 MPP = 0.5
 N_DOMAINS = 8
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def planted_domains(side: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,7 +140,7 @@ def hd_section(side: int, n_genes: int = 18_000, *, umis: int = 150, seed: int =
 def timed(label: str, func, *args, **kwargs):
     start = time.perf_counter()
     out = func(*args, **kwargs)
-    print(f"{label:<34s} {time.perf_counter() - start:8.1f} s   peak RSS {peak_rss_mib():8.0f} MiB", flush=True)
+    print(f"{label:<34s} {time.perf_counter() - start:8.1f} s   peak RSS {peak_rss_mb():8.0f} MiB", flush=True)
     return out
 
 

@@ -11,7 +11,6 @@ the cells x genes table, an H&E aligned by an affine), then prints the seconds a
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import anndata as ad
@@ -26,13 +25,10 @@ from spatialdata.models import Image2DModel, ShapesModel, TableModel
 from spatialdata.transformations import Affine, Scale
 
 import histex as hx
+from histex._memory import peak_rss_mb
 from histex.geometry import BinGrid
 
 MORPHOLOGY_UM = 0.2125  # µm per pixel of the 'global' coordinate system of a Xenium run
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def xenium_like(n_cells: int, *, mpp: float, n_genes: int = 50, seed: int = 0) -> tuple[SpatialData, np.ndarray]:
@@ -82,12 +78,12 @@ def main() -> None:
     start = time.perf_counter()
     weights = hx.sim.cell_bin_weights(cells_px, grid)
     print(f"cell_bin_weights: {time.perf_counter() - start:.1f} s, {weights.nnz:,} cell-bin pairs, "
-          f"peak RSS {peak_rss_mib():.0f} MiB")  # fmt: skip
+          f"peak RSS {peak_rss_mb():.0f} MiB")  # fmt: skip
 
     start = time.perf_counter()
     section = hx.sim.from_xenium(sdata)
     print(f"from_xenium: {time.perf_counter() - start:.1f} s, {section.tables['truth'].n_obs:,} bins, "
-          f"{section.tables['table'].n_obs:,} spots, peak RSS {peak_rss_mib():.0f} MiB")  # fmt: skip
+          f"{section.tables['table'].n_obs:,} spots, peak RSS {peak_rss_mb():.0f} MiB")  # fmt: skip
 
 
 if __name__ == "__main__":

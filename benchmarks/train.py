@@ -36,6 +36,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from histex import geometry
+from histex._memory import peak_rss_mb
 from histex.model.context import context_points, nearest_context
 from histex.model.features import standardised_with_position
 from histex.model.fit import Problem, SpotLoss, bins_per_spot, embedding_dim, train
@@ -45,10 +46,6 @@ from histex.model.targets import TargetScaler
 
 SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "visium_spaceranger_1.0.0"
 SPOT_UM, PITCH_UM, BIN_UM = 55.0, 100.0, 8.0
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def rss_mb() -> float:

@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 
 import histex as hx
-from histex._bench import FAMILIES, _peak_rss_mb, _reset_peak_rss, load_family
+from histex._bench import FAMILIES, load_family
+from histex._memory import peak_rss_mb, reset_peak_rss
 
 KEYS = ("self", "one", "many", "he_only", "image_only", "interpolation")
 OPTIONS = {
@@ -55,7 +56,7 @@ def pearson(sdata, key: str) -> float:
 
 def run_family(name: str, args, workdir: Path) -> tuple[dict, dict]:
     """The figures of one family (``transfer.json``) and, with ``--options``, of each option."""
-    _reset_peak_rss()
+    reset_peak_rss()
     sections = load_family(
         name, data_dir=args.data_dir, n_genes=args.genes, seed=args.seed, toy_size_um=args.toy_size_um,
         square_px=args.square_px,
@@ -85,7 +86,7 @@ def run_family(name: str, args, workdir: Path) -> tuple[dict, dict]:
     loaded.predict(d, key_added="many", use_spots=True, show_progress=False)
     out["predict_s"] = round(time.perf_counter() - start, 2)
     loaded.predict(d, key_added="he_only", use_spots=False, show_progress=False)
-    out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
 
     result = {key: pearson(d, key) for key in KEYS}
     result.update({key: out[key] for key in ("fit_s", "predict_s", "self_s", "peak_rss_mb")})  # in the documented order

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,6 +10,8 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+
+from histex._memory import peak_rss_mb, reset_peak_rss
 
 logger = logging.getLogger("histex")
 
@@ -24,24 +25,6 @@ FAMILIES = ("toy", "hgsc_wsi")
 SECTIONS = ("A", "B", "C", "D")
 # (haematoxylin, eosin) of sections A-D of a family: any two differ by up to 20% in each stain, up and down.
 FAMILY_STAINS = ((1.0, 1.0), (1.1, 0.92), (0.92, 1.1), (1.08, 1.05))
-
-
-def _reset_peak_rss() -> None:
-    """Start a new peak-memory window (Linux: writing 5 to clear_refs resets the high-water mark)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _peak_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 #: The files of ``data_dir`` that each section beyond the toy reads.
@@ -357,7 +340,7 @@ def run_benchmark(
             hx.pp.extract_features(sdata, show_progress=show_progress)
             reference = spots = None
             for method in methods:
-                _reset_peak_rss()
+                reset_peak_rss()
                 start = time.perf_counter()
                 if method in MODEL_METHODS:
                     hx.tl.super_resolve(
@@ -373,7 +356,7 @@ def run_benchmark(
                         reference = "grid"
                     prediction = hx.baselines.spots_on_bins(sdata, reference, method=method)
                 seconds = time.perf_counter() - start
-                peak = _peak_rss_mb()
+                peak = peak_rss_mb()
                 scores = hx.metrics.score(prediction, truth)
                 if spots is None:  # read once per section, when a super-resolution table says which
                     spots = measured_spots(sdata, reference, genes)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histex._bench import _peak_rss_mb
+from histex._memory import peak_rss_mb
 from histex.model.io import MANIFEST
 from histex.spaceranger import TIFF_SUFFIXES
 
@@ -168,7 +168,7 @@ def run_section(
         },
         "genes_shown": shown,
         "seconds": seconds,
-        "peak_rss_mb": round(_peak_rss_mb(), 1),  # since the last reset: a cohort row's own
+        "peak_rss_mb": round(peak_rss_mb(), 1),  # since the last reset: a cohort row's own
     }
     (report_staging / "report.json").write_text(json.dumps(report, indent=2))
     _replace(report_staging, report_dir)

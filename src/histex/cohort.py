@@ -95,7 +95,7 @@ def run_row(row: dict, out: str, settings: dict, threads: int | None = None, gpu
     import dask
     import torch
 
-    from histex._bench import _peak_rss_mb, _reset_peak_rss
+    from histex._memory import peak_rss_mb, reset_peak_rss
     from histex._run import run_section
 
     if threads is not None:
@@ -105,7 +105,7 @@ def run_row(row: dict, out: str, settings: dict, threads: int | None = None, gpu
 
         settings = settings | {"device": worker_gpu(get_worker().name, torch.cuda.device_count())}
     store, _ = output_paths(Path(out), row["sample_id"])
-    _reset_peak_rss()
+    reset_peak_rss()
     start = time.perf_counter()
     try:
         # dask inside a task would otherwise send the section's own arrays to the cluster as tasks of their own and
@@ -120,7 +120,7 @@ def run_row(row: dict, out: str, settings: dict, threads: int | None = None, gpu
     else:
         status, message = "done", ""
     return {"sample_id": row["sample_id"], "status": status, "seconds": round(time.perf_counter() - start, 2),
-            "peak_rss_mb": round(_peak_rss_mb(), 1), "error": message}  # fmt: skip
+            "peak_rss_mb": round(peak_rss_mb(), 1), "error": message}  # fmt: skip
 
 
 def run_cohort(
