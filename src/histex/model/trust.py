@@ -175,6 +175,16 @@ def bin_draws(start: int, n_bins: int, n_genes: int, seed: int = 0, *, gene_star
     return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
+def bin_interval(
+    start: int, mean: np.ndarray, dispersion: np.ndarray, level: float, seed: int, *, gene_start: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The randomised interval (:func:`count_interval`) of the bins ``start:start + len(mean)`` and the genes from
+    ``gene_start``, with their own draws (:func:`bin_draws`): the same for a bin however the table is blocked.
+    """
+    draws = bin_draws(start, *np.shape(mean), seed=seed, gene_start=gene_start)
+    return count_interval(mean, dispersion, level, draws=draws)
+
+
 def expected_pearson(n: float, total: np.ndarray, squares: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """Per gene, the Pearson correlation over bins between the predicted counts and counts drawn around them:
     ``sqrt(var / (var + noise))``, ``var`` the variance of the prediction over the ``n`` bins (from its ``total``
@@ -247,8 +257,7 @@ class BinTrust:
         self.noise += (mean + phi * mean**2).sum(axis=0)
         if self.incidence is not None:
             self.disk_sums += self.incidence[:, start : start + len(mean)] @ mean
-        draws = bin_draws(start, *mean.shape, seed=self.seed)
-        interval = count_interval(mean, phi, self.level, draws=draws)
+        interval = bin_interval(start, mean, phi, self.level, self.seed)
         self.seconds += time.perf_counter() - began
         return interval
 

@@ -345,6 +345,5 @@ def _cell_interval(bins, fractions, counts: np.ndarray) -> dict[str, np.ndarray]
     with np.errstate(invalid="ignore", divide="ignore"):
         dispersion = np.where(mean > 0, np.maximum(variance - mean, 0.0) / mean**2, 0.0)
     level = float(record["level"])
-    draws = trust.bin_draws(0, *mean.shape, seed=int(histex_record(bins, "params").get("seed", 0)))
-    lower, upper = trust.count_interval(mean, dispersion, level, draws=draws)
+    lower, upper = trust.bin_interval(0, mean, dispersion, level, int(histex_record(bins, "params").get("seed", 0)))
     return dict(zip(trust.interval_layers(level), (lower, upper), strict=True))

@@ -81,8 +81,7 @@ def predictive_interval(sdata, *, table_key: str = "histex", level: float = trus
     def interval(mean, sd, start=0, gene_start=0):
         mean = np.asarray(mean, dtype=np.float64)
         phi = trust.bin_dispersion(mean, sd, dispersion[gene_start : gene_start + mean.shape[1]])
-        draws = trust.bin_draws(start, *mean.shape, seed=seed, gene_start=gene_start)
-        return np.stack(trust.count_interval(mean, phi, level, draws=draws))
+        return np.stack(trust.bin_interval(start, mean, phi, level, seed, gene_start=gene_start))
 
     mean, sd = table.X, table.layers[SPREAD_LAYER]
     if hasattr(mean, "map_blocks"):  # a backed table: lazily, chunk by chunk
