@@ -9,7 +9,7 @@ from sklearn.metrics import adjusted_rand_score
 
 import histex as hx
 from histex import domains as dm
-from histex.tl._annotate import expression_pcs
+from histex.expression import expression_pcs, log_normalised
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +178,24 @@ def test_leiden_on_more_bins_than_scanpy_computes_exactly():
     # measured: stroma 0.85, epithelium 0.73, immune 0.96, tumour 1.0 of their bins under their own label
     for label, compartment in [("Str", "stroma"), ("Epi", "epithelium"), ("Imm", "immune"), ("Tum", "tumour")]:
         assert np.mean(labels[planted == compartment] == label) > 0.65, compartment
+
+
+def test_log_normalised_is_scanpys_normalize_total_and_log1p():
+    """histex's log-normalisation is scanpy's (median of the non-zero totals, then log1p), dense or sparse, with a
+    bin of no counts and a column subset taken after the totals."""
+    import anndata as ad
+    import scanpy as sc
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(rng.gamma(0.5, 2.0, size=(300, 40))).astype(np.float32)
+    counts[7] = 0
+    reference = ad.AnnData(counts.copy())
+    sc.pp.normalize_total(reference)
+    sc.pp.log1p(reference)
+    columns = np.array([3, 0, 17])
+    for x in (counts, sp.csr_matrix(counts)):
+        table = ad.AnnData(x)
+        np.testing.assert_allclose(log_normalised(table), reference.X, rtol=1e-5, atol=1e-6)
+        sparse = log_normalised(table, columns=columns, keep_sparse=True)
+        dense = sparse.toarray() if sp.issparse(sparse) else sparse
+        np.testing.assert_allclose(dense, reference.X[:, columns], rtol=1e-5, atol=1e-6)

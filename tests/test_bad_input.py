@@ -197,8 +197,9 @@ def test_extract_features_bad_input(small_toy):
     [
         ({"holdout": 1.0}, "holdout must be in"),
         ({"holdout": -0.1}, "holdout must be in"),
-        ({"patience": 0}, "patience must be a positive"),
-        ({"precision": "float16"}, "precision must be one of"),
+        ({"patience": 0}, "patience must be >= 1"),
+        ({"precision": "float16"}, "cannot train"),
+        ({"precision": "half"}, "precision must be one of"),
         ({"feature_components": 10_000}, "n_components must be between"),
     ],
 )

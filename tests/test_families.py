@@ -9,7 +9,7 @@ from histex._bench import FAMILY_STAINS, SECTIONS, load_family, representative_w
 from histex._sdata import image_array
 from histex.datasets import toy
 from histex.sim import vary_stain
-from histex.sim._paint import _densest_window, _densest_windows
+from histex.sim._slide import densest_window, densest_windows
 
 
 def _image(sdata) -> np.ndarray:
@@ -76,15 +76,15 @@ def test_densest_windows_are_disjoint_and_greedy():
         rng.uniform(0, 8000, (2000, 2)),
     ])  # fmt: skip
     bounds = np.concatenate([xy - 5, xy + 5], axis=1)
-    corners = _densest_windows(bounds, 1100, 4)
-    assert corners[0] == _densest_window(bounds, 1100)
+    corners = densest_windows(bounds, 1100, 4)
+    assert corners[0] == densest_window(bounds, 1100)
     assert abs(corners[0][0] + 550 - 5000) < 300 and abs(corners[0][1] + 550 - 3000) < 300
     assert abs(corners[1][0] + 550 - 1000) < 300 and abs(corners[1][1] + 550 - 1000) < 300
     for i, (xa, ya) in enumerate(corners):
         for xb, yb in corners[i + 1 :]:
             assert abs(xa - xb) >= 1100 or abs(ya - yb) >= 1100  # 1100 px is not a whole number of 250 px cells
     with pytest.raises(ValueError, match="Only 1 disjoint 1100 px squares"):
-        _densest_windows(bounds[:1], 1100, 2)
+        densest_windows(bounds[:1], 1100, 2)
 
 
 def test_representative_windows_are_dense_squares_alike_the_slide():
@@ -97,7 +97,7 @@ def test_representative_windows_are_dense_squares_alike_the_slide():
     xy = np.concatenate([rng.normal(c, 120, (n, 2)) for c, n in zip(blobs, sizes, strict=True)])
     classes = np.concatenate([np.where(rng.uniform(size=n) < b, "b", "a") for n, b in zip(sizes, share_b, strict=True)])
     bounds = np.concatenate([xy - 5, xy + 5], axis=1)
-    densest = _densest_windows(bounds, 1000, 6)
+    densest = densest_windows(bounds, 1000, 6)
     assert representative_windows(bounds, classes, 1000, 2, pool=3) == [densest[0], densest[2]]
     assert representative_windows(bounds, classes, 1000, 3, pool=2) == [densest[0], densest[2], densest[4]]
     assert representative_windows(bounds, classes, 1000, 2, pool=1) == densest[:2]  # no choice: the densest

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from helpers import bin_means, pixel_labels
 
 from histex import geometry
 
@@ -72,7 +73,7 @@ def test_bin_grid_pixels_match_bin_squares(mpp):
     grid = geometry.BinGrid.for_image(shape, mpp=mpp, bin_size_um=8)
     assert grid.bin_px == pytest.approx(8 / mpp)
     assert grid.n_rows == int(np.floor(shape[0] * mpp / 8))
-    labels = grid.pixel_labels(shape)
+    labels = pixel_labels(grid, shape)
     boxes = grid.boxes_px(*np.divmod(np.arange(grid.n_rows * grid.n_cols), grid.n_cols))
     # a pixel belongs to the bin whose square contains its centre
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5
@@ -90,7 +91,7 @@ def test_bin_means_average_the_claimed_pixels():
     grid = geometry.BinGrid.for_image((40, 40), mpp=0.73, bin_size_um=8)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, size=(40, 40, 3)).astype(np.uint8)
-    means = geometry.bin_means(image, grid)
-    labels = grid.pixel_labels((40, 40))
+    means = bin_means(image, grid)
+    labels = pixel_labels(grid, (40, 40))
     assert means.shape == (3, grid.n_rows, grid.n_cols)
     assert means[1, 1, 2] == pytest.approx(image[labels == grid.n_cols + 2][:, 1].mean(), rel=1e-5)

@@ -4,11 +4,13 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
+from helpers import bin_means
 
 import histex as hx
 from histex import geometry
 from histex.pp._tissue import tissue_mask
-from histex.sim._paint import _edges, _fill, _read_crop
+from histex.sim._paint import _edges, _fill
+from histex.sim._slide import read_crop
 
 MPP = 0.5
 STROMA = (20, 20, 220, 220)  # xmin, ymin, xmax, ymax in px
@@ -119,7 +121,7 @@ def test_tissue_detection_finds_the_painted_tissue_not_the_glass():
     tissue = _frame([shapely.box(20, 20, 260, 220)], ["stroma"])
     image = paint(nuclei, tissue, bounds=(0, 0, 480, 320))
     grid = geometry.BinGrid.for_image(image.shape[:2], mpp=MPP, bin_size_um=8)  # 16 px bins
-    mask = tissue_mask(geometry.bin_means(image, grid) / 255)
+    mask = tissue_mask(bin_means(image, grid) / 255)
     assert mask[2:13, 2:16].all()  # bins wholly inside the stroma (px 32-208, 32-256)
     assert not mask[14:, :].any() and not mask[:, 17:].any()  # glass below and to the right
     assert 0.25 < mask.mean() < 0.4  # stroma: 240 x 200 of 480 x 320 px
@@ -183,7 +185,7 @@ def test_hgsc_wsi_needs_its_files(tmp_path):
 def test_real_wsi_crop(shared_data):
     """The 2000 px square of the HGSC slide with the most nuclei: nearly all tissue, nuclei dark."""
     size = 2000
-    nuclei, tissue, window = _read_crop(
+    nuclei, tissue, window = read_crop(
         shared_data / "hgsc_nuclei_wsi.parquet", shared_data / "hgsc_tissue_wsi.parquet", size_px=size
     )
     assert window[2] - window[0] == size and len(nuclei) > 3000
@@ -192,7 +194,7 @@ def test_real_wsi_crop(shared_data):
     image = hx.sim.paint_he(nuclei, tissue, bounds=(0, 0, size, size), mpp=MPP)
     assert image.shape == (size, size, 3)
     grid = geometry.BinGrid.for_image(image.shape[:2], mpp=MPP, bin_size_um=8)
-    assert tissue_mask(geometry.bin_means(image, grid) / 255).mean() > 0.9
+    assert tissue_mask(bin_means(image, grid) / 255).mean() > 0.9
     label = np.zeros((size, size), np.int32)
     _fill(_edges(np.asarray(nuclei.geometry.buffer(-2).values), np.zeros(2)), label, 0)
     grey = image.astype(float).sum(-1)

@@ -1,5 +1,7 @@
 """Pseudo-Visium sections from Visium HD: squares split over histex's bins by area, in spatialdata_io's layout."""
 
+import warnings
+
 import anndata as ad
 import geopandas as gpd
 import numpy as np
@@ -231,13 +233,14 @@ def small():
     return visium_hd_like(mpp=0.8, image_px=(200, 200), n_rc=(72, 72), origin_px=(3.0, 5.0))
 
 
-def test_given_mpp_disagreeing_with_the_squares_is_logged(small, caplog):
-    with caplog.at_level("WARNING", logger="histex"):
+def test_given_mpp_disagreeing_with_the_squares_is_a_warning(small):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         result = hx.sim.from_visium_hd(small, dataset_id=DS, mpp=0.8)
-    assert not caplog.records and result.tables["truth"].uns["visium_hd"]["mpp_source"] == "given"
-    with caplog.at_level("WARNING", logger="histex"):
+    assert result.tables["truth"].uns["visium_hd"]["mpp_source"] == "given"
+    with pytest.warns(UserWarning, match="disagrees") as caught:
         hx.sim.from_visium_hd(small, dataset_id=DS, mpp=0.9)
-    assert "disagrees" in caplog.text
+    assert caught[0].filename == __file__
 
 
 def test_refuses_downscaled_images_only():

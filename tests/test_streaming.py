@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import spatialdata as sd
 import torch
-from helpers import fingerprint
+from helpers import encode_image, fingerprint
 from spatialdata.models import Image2DModel
 
 import histex as hx
@@ -114,9 +114,7 @@ def test_shifted_tilings_remove_the_tile_pattern():
     encoder = tiny_vit()
     artefact = {}
     for n_shifts in (1, 4, 16):
-        feats = hx.pp._features.encode_image(
-            image, grid, encoder, mpp=0.5, bin_size_um=8, n_shifts=n_shifts, show_progress=False
-        )
+        feats = encode_image(image, grid, encoder, mpp=0.5, bin_size_um=8, n_shifts=n_shifts, show_progress=False)
         artefact[n_shifts] = tile_artefact(feats, period=4)
     floor = 16 / (grid.n_rows * grid.n_cols)  # what sampling noise alone gives
     assert artefact[1] > 0.5  # the position within the tile dominates
@@ -128,9 +126,9 @@ def test_texture_features_do_not_depend_on_the_tiling():
     """The texture encoder sees its context through a margin: shifting the tiles changes nothing."""
     image = stationary_texture(400)
     grid = geometry.BinGrid.for_image(image.shape[:2], mpp=0.5, bin_size_um=8)
-    one = hx.pp._features.encode_image(image, grid, hx.encoders.TextureEncoder(), mpp=0.5, bin_size_um=8,
+    one = encode_image(image, grid, hx.encoders.TextureEncoder(), mpp=0.5, bin_size_um=8,
                                        show_progress=False)  # fmt: skip
-    four = hx.pp._features.encode_image(image, grid, hx.encoders.TextureEncoder(), mpp=0.5, bin_size_um=8,
+    four = encode_image(image, grid, hx.encoders.TextureEncoder(), mpp=0.5, bin_size_um=8,
                                         n_shifts=4, show_progress=False)  # fmt: skip
     assert np.allclose(one, four, atol=1e-4)
     with pytest.raises(ValueError, match="n_shifts must be a square number"):
@@ -248,8 +246,8 @@ def test_out_of_memory_halves_the_batch_and_goes_on(caplog):
     image = stationary_texture(300)
     grid = geometry.BinGrid.for_image(image.shape[:2], mpp=0.5, bin_size_um=8)
     run = {"mpp": 0.5, "bin_size_um": 8, "show_progress": False}
-    flaky = hx.pp._features.encode_image(image, grid, FlakyMemory(), batch_size=32, **run)
-    small = hx.pp._features.encode_image(image, grid, FlakyMemory(), batch_size=2, **run)
+    flaky = encode_image(image, grid, FlakyMemory(), batch_size=32, **run)
+    small = encode_image(image, grid, FlakyMemory(), batch_size=2, **run)
     assert np.allclose(flaky, small)
 
 

@@ -4,7 +4,7 @@ from functools import cache
 
 import numpy as np
 import pytest
-from helpers import SHARED_DATA
+from helpers import SHARED_DATA, bin_means
 from scipy import ndimage
 
 from histex import geometry
@@ -127,7 +127,7 @@ def _real(name: str):
 
         image = np.asarray(Image.open(path).convert("RGB"))
     grid = geometry.BinGrid.for_image(image.shape[:2], mpp=mpp, bin_size_um=8)
-    mean_rgb = geometry.bin_means(image, grid) / 255
+    mean_rgb = bin_means(image, grid) / 255
     return image, grid, mean_rgb, _reference(image, glass_patch, grid)
 
 
@@ -140,7 +140,7 @@ def _reference(image: np.ndarray, glass_patch, grid) -> np.ndarray:
     labels, _ = ndimage.label(pixels)
     keep = np.bincount(labels.ravel()) > 256
     keep[0] = False
-    fraction = geometry.bin_means(keep[labels][..., None].astype(np.uint8), grid)[0]
+    fraction = bin_means(keep[labels][..., None].astype(np.uint8), grid)[0]
     return ndimage.binary_fill_holes(fraction >= 0.5)
 
 

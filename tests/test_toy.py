@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from helpers import bin_means
 from spatialdata.models import Image2DModel, ShapesModel, TableModel, get_model
 
 from histex.datasets import COMPARTMENTS, toy
-from histex.geometry import BinGrid, bin_means, disk_masks, lattice_pitch, window_offsets, window_size
+from histex.geometry import BinGrid, disk_masks, lattice_pitch, window_offsets, window_size
 
 MPPS = (0.25, 0.5, 0.73)
 SMALL_UM = 700.0
@@ -405,8 +406,10 @@ def test_other_bin_size():
     [
         ({"n_genes": 8}, "n_genes must be at least 9"),
         ({"size_um": 100.0}, "size_um must be at least 300"),
-        ({"mpp": 0.0}, "mpp and bin_size_um must be positive"),
-        ({"bin_size_um": -1.0}, "mpp and bin_size_um must be positive"),
+        ({"mpp": 0.0}, "mpp must be > 0"),
+        ({"bin_size_um": -1.0}, "bin_size_um must be > 0"),
+        ({"seed": -1}, "seed must be a non-negative integer"),
+        ({"dataset_id": ""}, "not a valid element name"),
         ({"size_um": (500.0,)}, r"size_um must be a number or \(height, width\)"),
     ],
 )

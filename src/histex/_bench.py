@@ -13,7 +13,7 @@ import pandas as pd
 
 from histex._memory import peak_rss_mb, reset_peak_rss
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 MODEL_METHODS = ("histex", "image_only", "paper")
 BASELINE_METHODS = ("nearest", "linear", "cubic", "idw")
@@ -84,11 +84,11 @@ def load_dataset(
         nuclei = gpd.read_parquet(data_dir / "hgsc_nest.parquet")
         return hx.sim.from_nuclei(image, nuclei, mpp=0.5, seed=seed, **nuclei_genes)
     # hgsc_wsi
-    from histex.sim._paint import _read_crop
+    from histex.sim._slide import read_crop
 
     files = DATA_FILES[name]
     # Nuclei are the size of hgsc_nest's (same source), whose inflammatory nuclei are ~15 px: 0.5 µm/px.
-    nuclei, tissue, window = _read_crop(data_dir / files[0], data_dir / files[1], size_px=wsi_size_px)
+    nuclei, tissue, window = read_crop(data_dir / files[0], data_dir / files[1], size_px=wsi_size_px)
     image = hx.sim.paint_he(nuclei, tissue, bounds=(0, 0, wsi_size_px, wsi_size_px), mpp=0.5, seed=seed)
     sdata = hx.sim.from_nuclei(image, nuclei, mpp=0.5, seed=seed, **nuclei_genes)
     sdata.tables["truth"].uns["window_px"] = np.asarray(window)
@@ -144,7 +144,7 @@ def load_family(
         ``(x0, y0, x1, y1)`` in slide pixels.
     """
     import histex as hx
-    from histex.sim._stain import _check_factor
+    from histex.sim._stain import check_factor
 
     if name not in FAMILIES:
         raise ValueError(f"Unknown family {name!r}; available: {', '.join(FAMILIES)}.")
@@ -152,8 +152,8 @@ def load_family(
     if len(stains) != len(SECTIONS) or any(len(pair) != 2 for pair in stains):
         raise ValueError(f"stains must be four (haematoxylin, eosin) pairs, one per section A-D; got {stains!r}.")
     for letter, (h, e) in zip(SECTIONS, stains, strict=True):
-        _check_factor(f"stains of section {letter}: haematoxylin", h)
-        _check_factor(f"stains of section {letter}: eosin", e)
+        check_factor(f"stains of section {letter}: haematoxylin", h)
+        check_factor(f"stains of section {letter}: eosin", e)
 
     def family_uns(i: int) -> dict:
         return {"name": name, "section": SECTIONS[i], "seed": seed + i, "programme_seed": seed,
@@ -172,7 +172,7 @@ def load_family(
 
     import pyarrow.parquet as pq
 
-    from histex.sim._paint import _polygon_bounds, _read_crop
+    from histex.sim._slide import polygon_bounds, read_crop
 
     files = ["hgsc_nuclei_wsi.parquet", "hgsc_tissue_wsi.parquet"]
     if data_dir is None or not all((Path(data_dir) / f).is_file() for f in files):
@@ -180,10 +180,10 @@ def load_family(
     nuclei_path, tissue_path = (Path(data_dir) / f for f in files)
     classes = pq.read_table(nuclei_path, columns=["class_name"]).column(0).to_numpy(zero_copy_only=False).astype(str)
     programmes = hx.sim.draw_programmes(sorted(set(classes)), n_genes, seed=seed)
-    row_bounds = _polygon_bounds(nuclei_path)
+    row_bounds = polygon_bounds(nuclei_path)
     origins = representative_windows(row_bounds, classes, square_px, len(SECTIONS))
     for i, ((h, e), origin) in enumerate(zip(stains, origins, strict=True)):
-        nuclei, tissue, window = _read_crop(
+        nuclei, tissue, window = read_crop(
             nuclei_path, tissue_path, size_px=square_px, origin=origin, row_bounds=row_bounds
         )
         image = hx.sim.paint_he(nuclei, tissue, bounds=(0, 0, square_px, square_px), mpp=0.5, seed=seed + i)
@@ -203,15 +203,15 @@ def representative_windows(
 ) -> list[tuple[int, int]]:
     """Top-left corners of ``n`` disjoint ``size_px`` squares that are dense in nuclei and alike the whole slide.
 
-    Of the ``pool * n`` densest disjoint squares (:func:`histex.sim._paint._densest_windows`, greedy), the ``n``
+    Of the ``pool * n`` densest disjoint squares (:func:`histex.sim._slide.densest_windows`, greedy), the ``n``
     whose proportions of nucleus classes (nuclei counted by their centre) are closest to the slide's, in total
     variation distance; in the greedy order. Sections of one tissue should hold its cell types in about its
     proportions: a model fitted on some cannot learn a cell type that they lack, and the densest squares alone are
     not alike (on the HGSC slide the fourth densest has four times the share of macrophages of the first three).
     """
-    from histex.sim._paint import _densest_windows
+    from histex.sim._slide import densest_windows
 
-    corners = _densest_windows(row_bounds, size_px, pool * n)
+    corners = densest_windows(row_bounds, size_px, pool * n)
     names, codes = np.unique(classes, return_inverse=True)
     slide = np.bincount(codes, minlength=len(names)) / len(codes)
     centre = (row_bounds[:, :2] + row_bounds[:, 2:]) / 2

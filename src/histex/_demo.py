@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 DEMO_GENES = 4
 #: The toy's compartment programmes that name the domains (``Str_01``, ... are their marker genes).
@@ -39,6 +39,7 @@ def run_demo(
     import histex as hx
     from histex import baselines, metrics
     from histex._memory import peak_rss_mb, reset_peak_rss
+    from histex._sdata import image_array
 
     reset_peak_rss()
     out = Path(out)
@@ -53,7 +54,7 @@ def run_demo(
     t = time.perf_counter()
     sdata = hx.datasets.toy(size_um=size_um, n_genes=n_genes, seed=seed)
     stage("toy", t)
-    image = sdata.images["toy_full_image"]["scale0"]["image"]
+    image = image_array(sdata, "toy_full_image")
     spots_table = sdata.tables["table"]
     echo(
         f"  image {image.sizes['x']} x {image.sizes['y']} px, {spots_table.n_obs} spots x {spots_table.n_vars} genes, "

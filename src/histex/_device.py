@@ -15,7 +15,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<n>', 'mps' or None; got {device!r}.") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but no CUDA device is available; use device='cpu' or None.")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -23,15 +26,31 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype: ``"auto"`` is bfloat16 on a GPU that has it (else float16), and float32 elsewhere."""
+def resolve_precision(precision: str, device: torch.device, *, training: bool = False) -> torch.dtype:
+    """The dtype the forward pass computes in, for encoders and for the HISTEX network alike.
+
+    ``"auto"`` is bfloat16 where the hardware computes it natively (CUDA devices that support it, CPUs with AMX or
+    AVX-512 BF16 units), on which a pass takes about half the time; elsewhere emulated bfloat16 is slower than
+    float32, so ``"auto"`` is float32. ``"float16"`` is refused for training: without loss scaling its gradients
+    underflow.
+    """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return getattr(torch, precision)
+        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; got {precision!r}.")
+    if precision == "float16" and training:
+        raise ValueError("precision='float16' cannot train (its gradients underflow); use 'bfloat16' or 'float32'.")
+    if precision != "auto":
+        return getattr(torch, precision)
+    return torch.bfloat16 if native_bfloat16(device) else torch.float32
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        return amx or getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return False
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -14,8 +14,9 @@ import pandas as pd
 from anndata import AnnData
 
 from histex import geometry
+from histex._validation import warn_user
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 FULL_IMAGE_SUFFIX = "_full_image"
 FEATURES_SUFFIX = "_features"
@@ -24,7 +25,7 @@ MIN_SPOTS = 10
 SPACERANGER_DIAMETER_UM = 65.0  # what spot_diameter_fullres measures
 
 
-def _choices(keys) -> str:
+def choices_text(keys) -> str:
     return ", ".join(repr(k) for k in keys) if len(keys) else "none"
 
 
@@ -38,7 +39,7 @@ def find_image_key(sdata, image_key: str | None = None) -> str:
     keys = [k for k in sdata.images if not k.endswith(FEATURES_SUFFIX)]
     if image_key is not None:
         if image_key not in keys:
-            raise KeyError(f"No image {image_key!r} in the SpatialData; images: {_choices(keys)}.")
+            raise KeyError(f"No image {image_key!r} in the SpatialData; images: {choices_text(keys)}.")
         return image_key
     if not keys:
         raise ValueError(
@@ -53,11 +54,11 @@ def find_image_key(sdata, image_key: str | None = None) -> str:
         return candidates[0]
     if not candidates:
         raise ValueError(
-            f"Only downscaled images were found ({_choices(keys)}); predictions at 8 µm need the full-resolution "
+            f"Only downscaled images were found ({choices_text(keys)}); predictions at 8 µm need the full-resolution "
             "image. Read it with spatialdata_io.visium(..., fullres_image_file=...), or pass image_key=... (and "
             "mpp=...) to use a downscaled image anyway."
         )
-    raise ValueError(f"Several images could be the H&E: {_choices(candidates)}. Pass image_key=... to choose one.")
+    raise ValueError(f"Several images could be the H&E: {choices_text(candidates)}. Pass image_key=... to choose one.")
 
 
 def _is_circles(gdf) -> bool:
@@ -70,7 +71,7 @@ def find_spots(sdata, spots_key: str | None = None, table_key: str | None = None
 
     if spots_key is not None:
         if spots_key not in sdata.shapes:
-            raise KeyError(f"No shapes {spots_key!r} in the SpatialData; shapes: {_choices(list(sdata.shapes))}.")
+            raise KeyError(f"No shapes {spots_key!r} in the SpatialData; shapes: {choices_text(list(sdata.shapes))}.")
         gdf = sdata.shapes[spots_key]
         if not (gdf.geometry.geom_type == "Point").all():
             raise ValueError(
@@ -86,7 +87,7 @@ def find_spots(sdata, spots_key: str | None = None, table_key: str | None = None
     else:
         candidates = [k for k, gdf in sdata.shapes.items() if _is_circles(gdf)]
         if not candidates:
-            found = _choices(list(sdata.shapes))
+            found = choices_text(list(sdata.shapes))
             raise ValueError(
                 f"No spot circles found (shapes: {found}). histex needs the Visium spots as points with a 'radius' "
                 "column, as spatialdata_io.visium writes them; pass spots_key=... to name them."
@@ -103,11 +104,11 @@ def find_spots(sdata, spots_key: str | None = None, table_key: str | None = None
 
     if table_key is not None:
         if table_key not in sdata.tables:
-            raise KeyError(f"No table {table_key!r} in the SpatialData; tables: {_choices(list(sdata.tables))}.")
+            raise KeyError(f"No table {table_key!r} in the SpatialData; tables: {choices_text(list(sdata.tables))}.")
         matches = [s for s in candidates if annotates(table_key, s)]
         if not matches:
             raise ValueError(
-                f"Table {table_key!r} does not annotate the spots {_choices(candidates)}: set its region "
+                f"Table {table_key!r} does not annotate the spots {choices_text(candidates)}: set its region "
                 "(TableModel.parse(table, region=<spots key>, region_key='region', instance_key='spot_id'))."
             )
         pairs = [(s, table_key) for s in matches]
@@ -115,7 +116,7 @@ def find_spots(sdata, spots_key: str | None = None, table_key: str | None = None
         pairs = [(s, t) for s in candidates for t in sdata.tables if annotates(t, s)]
         if not pairs:
             raise ValueError(
-                f"No table annotates the spot circles {_choices(candidates)}: the counts table must name them as its "
+                f"No table annotates the spot circles {choices_text(candidates)}: the counts table must name them as its "
                 "region (TableModel.parse(table, region=<spots key>, region_key=..., instance_key=...))."
             )
     if len(pairs) > 1:
@@ -129,14 +130,21 @@ def image_array(sdata, image_key: str):
     return full_resolution(sdata.images[image_key])
 
 
-def full_resolution(element):
-    """The full-resolution level of an image or labels element (a DataArray, or the first scale of a DataTree)."""
+def pyramid_levels(element) -> list:
+    """The levels of an image or labels element as DataArrays, finest first: the element itself when it has one
+    scale, the scales of a multiscale DataTree ordered by their size (whatever their names).
+    """
     from xarray import DataTree
 
-    if isinstance(element, DataTree):
-        first = min(element.children)
-        return next(iter(element[first].ds.data_vars.values()))
-    return element
+    if not isinstance(element, DataTree) or not len(element.children):
+        return [element]
+    levels = [next(iter(element[name].ds.data_vars.values())) for name in element.children]
+    return sorted(levels, key=lambda a: -int(a.sizes["x"]) * int(a.sizes["y"]))
+
+
+def full_resolution(element):
+    """The full-resolution level of an image or labels element (a DataArray, or the finest scale of a DataTree)."""
+    return pyramid_levels(element)[0]
 
 
 def element_transformations(element) -> dict:
@@ -153,14 +161,14 @@ def common_coordinate_system(sdata, image_key: str, spots_key: str, coordinate_s
     if coordinate_system is not None:
         if coordinate_system not in common:
             raise ValueError(
-                f"Coordinate system {coordinate_system!r} does not hold both the image ({_choices(list(image_cs))}) "
-                f"and the spots ({_choices(list(spots_cs))})."
+                f"Coordinate system {coordinate_system!r} does not hold both the image ({choices_text(list(image_cs))}) "
+                f"and the spots ({choices_text(list(spots_cs))})."
             )
         return coordinate_system
     if not common:
         raise ValueError(
-            f"The image {image_key!r} (coordinate systems {_choices(list(image_cs))}) and the spots {spots_key!r} "
-            f"({_choices(list(spots_cs))}) share no coordinate system, so histex cannot tell where the spots lie on "
+            f"The image {image_key!r} (coordinate systems {choices_text(list(image_cs))}) and the spots {spots_key!r} "
+            f"({choices_text(list(spots_cs))}) share no coordinate system, so histex cannot tell where the spots lie on "
             "the image. Register them (spatialdata.transformations.set_transformation) in one coordinate system."
         )
     return common[0]
@@ -272,13 +280,9 @@ def infer_mpp(
             "full-resolution image>."
         )
     if on_lattice and abs(value / mpp_lattice - 1) > 0.05:
-        logger.warning(
-            "mpp %s (%.4f µm/px) disagrees with the %g µm spot lattice (%.4f µm/px); using the %s value.",
-            source,
-            value,
-            pitch_um,
-            mpp_lattice,
-            source,
+        warn_user(
+            f"mpp {source} ({value:.4f} µm/px) disagrees with the {pitch_um:g} µm spot lattice ({mpp_lattice:.4f} "
+            f"µm/px); using the {source} value. Pass the right mpp= if it is wrong."
         )
     return value, source
 
@@ -295,12 +299,9 @@ def check_spot_radius(spots: Spots, mpp: float, spot_diameter_um: float) -> floa
             spot_diameter_um,
         )
     elif abs(drawn_um / spot_diameter_um - 1) > 0.05:
-        logger.warning(
-            "Spot circles are %.1f µm across at %.4f µm/px, not the %g µm spots the disk loss uses; check mpp and "
-            "spot_diameter_um.",
-            drawn_um,
-            mpp,
-            spot_diameter_um,
+        warn_user(
+            f"Spot circles are {drawn_um:.1f} µm across at {mpp:.4f} µm/px, not the {spot_diameter_um:g} µm spots the "
+            "disk loss uses; check mpp and spot_diameter_um."
         )
     return float(drawn_um)
 

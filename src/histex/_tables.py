@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from histex._validation import warn_user
+
 #: The layer of the ensemble's spread (standard deviation over its states) in histex's bin and cell tables.
 SPREAD_LAYER = "ensemble_sd"
+#: Version of the layout of ``uns["histex"]`` (``params``, ``data``, ...) in the tables histex writes; raised when a
+#: key that readers rely on moves or changes meaning, so that a reader can tell a table written by a newer histex.
+SCHEMA_VERSION = 1
+
+
+def stamped(record: dict) -> dict:
+    """``uns["histex"]`` as written: ``record`` with the :data:`SCHEMA_VERSION` first."""
+    return {"schema_version": SCHEMA_VERSION, **record}
 
 
 def layout(table) -> str | None:
@@ -22,7 +32,7 @@ def layout(table) -> str | None:
 
 def bin_table(sdata, table_key: str):
     """The table ``table_key`` of ``sdata``, checked to be a table of bins on a grid (``array_row``, ``array_col``)."""
-    table = _get(sdata, table_key)
+    table = table_of(sdata, table_key)
     missing = [c for c in ("array_row", "array_col") if c not in table.obs]
     if missing:
         raise ValueError(
@@ -37,7 +47,7 @@ def observation_table(sdata, table_key: str):
     """The table ``table_key`` and its :func:`layout`: bins on a grid or cells with centroids; anything else (e.g.
     the Visium spots) is refused with what to pass instead.
     """
-    table = _get(sdata, table_key)
+    table = table_of(sdata, table_key)
     kind = layout(table)
     if kind is None:
         raise ValueError(
@@ -49,11 +59,23 @@ def observation_table(sdata, table_key: str):
     return table, kind
 
 
+def check_layer(table, layer: str | None, what: str = "the table") -> str | None:
+    """``layer`` if ``table`` has it (``None``: ``X``), else a KeyError that lists the layers there are."""
+    if layer is not None and layer not in table.layers:
+        raise KeyError(f"No layer {layer!r} in {what}; layers: {list(table.layers)}. Pass layer=None to use X.")
+    return layer
+
+
 def histex_record(table, part: str) -> dict:
     """``uns["histex"][part]`` of a table that histex wrote (``"params"``, ``"data"``, ...), or an empty dict for
     any other table.
     """
     record = table.uns.get("histex")
+    if isinstance(record, dict) and int(record.get("schema_version", SCHEMA_VERSION)) > SCHEMA_VERSION:
+        warn_user(
+            f"This table was written by a newer histex (uns['histex'] schema {record['schema_version']}, this one "
+            f"reads {SCHEMA_VERSION}); upgrade histex to read it as it was meant."
+        )
     value = record.get(part) if isinstance(record, dict) else None
     return value if isinstance(value, dict) else {}
 
@@ -63,7 +85,8 @@ def cell_centroids(table) -> np.ndarray:
     return np.asarray(table.obsm["spatial"], dtype=np.float64)[:, :2]
 
 
-def _get(sdata, table_key: str):
+def table_of(sdata, table_key: str):
+    """``sdata.tables[table_key]``, or a KeyError that lists the tables there are."""
     if table_key not in sdata.tables:
         raise KeyError(f"No table {table_key!r}; tables: {', '.join(map(repr, sdata.tables)) or 'none'}.")
     return sdata.tables[table_key]

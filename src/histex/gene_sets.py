@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-logger = logging.getLogger("histex")
+from histex._validation import warn_user
+
+logger = logging.getLogger(__name__)
 
 GeneSets = Mapping[str, Sequence[str]] | str | Path | pd.DataFrame
 
@@ -86,8 +88,9 @@ def restrict(sets: dict[str, list[str]], genes: Sequence[str], *, min_size: int)
         )
     dropped = len(sets) - len(kept)
     if dropped:
-        logger.warning(
-            "%d of %d gene sets have fewer than %d genes in the table and are left out.", dropped, len(sets), min_size
+        warn_user(
+            f"{dropped} of {len(sets)} gene sets have fewer than {min_size} genes in the table and are left out "
+            "(lower min_size= to keep them)."
         )
     return kept
 

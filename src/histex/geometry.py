@@ -59,14 +59,6 @@ class BinGrid:
         b[b >= axis_len] = -1
         return b
 
-    def pixel_labels(self, shape_yx: tuple[int, int]) -> np.ndarray:
-        """Flat bin index (``row * n_cols + col``) of every image pixel, -1 where no complete bin claims it."""
-        rows = self.bin_of_pixel(np.arange(shape_yx[0]), self.n_rows)
-        cols = self.bin_of_pixel(np.arange(shape_yx[1]), self.n_cols)
-        labels = rows[:, None] * self.n_cols + cols[None, :]
-        labels[(rows[:, None] < 0) | (cols[None, :] < 0)] = -1
-        return labels
-
     def centres_px(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Bin centres in image pixels, as ``(n, 2)`` ``(x, y)`` like ``obsm["spatial"]``."""
         return np.stack([(np.asarray(cols) + 0.5) * self.bin_px, (np.asarray(rows) + 0.5) * self.bin_px], axis=1)
@@ -76,11 +68,6 @@ class BinGrid:
         rows, cols = np.asarray(rows, dtype=float), np.asarray(cols, dtype=float)
         b = self.bin_px
         return np.stack([cols * b, rows * b, (cols + 1) * b, (rows + 1) * b], axis=1)
-
-
-def bin_means(image: np.ndarray, grid: BinGrid) -> np.ndarray:
-    """Mean of each channel of an ``(y, x, c)`` image over the pixels each bin claims, as ``(c, n_rows, n_cols)``."""
-    return region_bin_means(image, (0, 0), grid.bin_px, (0, grid.n_rows), (0, grid.n_cols))
 
 
 def region_bin_means(

@@ -16,10 +16,11 @@ import pandas as pd
 from scipy import ndimage, sparse
 
 from histex._sdata import bin_elements
+from histex._validation import check_int, check_key, check_number, check_seed
 from histex.geometry import VISIUM_PITCH_UM, VISIUM_SPOT_DIAMETER_UM, BinGrid, hex_lattice
 from histex.sim._hidden import gradient_field
 from histex.sim._pseudo import sum_into_spots
-from histex.sim._stain import _check_factor, vary_stain
+from histex.sim._stain import check_factor, vary_stain
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -223,16 +224,19 @@ def toy(
     ['background', 'stroma', 'epithelium', 'lumen', 'immune', 'tumour']
     """
     h_um, w_um = _size_hw(size_um)
-    if not mpp > 0 or not bin_size_um > 0:
-        raise ValueError(f"mpp and bin_size_um must be positive, got mpp={mpp}, bin_size_um={bin_size_um}.")
-    if n_genes < len(_GROUPS):
+    mpp = check_number("mpp", mpp, minimum=0, above=True)
+    bin_size_um = check_number("bin_size_um", bin_size_um, minimum=0, above=True)
+    seed = check_seed(seed)
+    programme_seed = None if programme_seed is None else check_seed(programme_seed, name="programme_seed")
+    if check_int("n_genes", n_genes, minimum=None) < len(_GROUPS):
         raise ValueError(f"n_genes must be at least {len(_GROUPS)} (one per gene group), got {n_genes}.")
-    if not dataset_id or dataset_id == "truth_bins":
+    check_key("dataset_id", dataset_id)
+    if dataset_id == "truth_bins":
         raise ValueError(f"dataset_id must be a non-empty name other than 'truth_bins', got {dataset_id!r}.")
     if isinstance(stain, str) or np.ndim(stain) != 1 or len(stain) != 2:
         raise ValueError(f"stain must be (haematoxylin, eosin), two positive factors (1 keeps a stain), got {stain!r}.")
-    _check_factor("stain[0] (haematoxylin)", stain[0])
-    _check_factor("stain[1] (eosin)", stain[1])
+    check_factor("stain[0] (haematoxylin)", stain[0])
+    check_factor("stain[1] (eosin)", stain[1])
 
     # Independent streams, so that the image noise (which depends on mpp) cannot change the tissue or the counts.
     rng_tissue, rng_genes, rng_counts, rng_noise = (

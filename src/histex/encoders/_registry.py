@@ -19,7 +19,7 @@ import torch
 from histex.encoders._torch import IMAGENET_MEAN, IMAGENET_STD, TorchEncoder
 from histex.encoders._weights import file_digest, load_weights, locate_weights, read_state_dict
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 
 def _swiglu() -> dict:

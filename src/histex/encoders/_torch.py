@@ -12,7 +12,7 @@ import torch
 from histex._device import resolve_precision
 from histex.encoders._base import Encoder
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 24
 _digests: dict[tuple[str, int, int], str] = {}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 _SCHEMA = 1

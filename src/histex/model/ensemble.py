@@ -7,7 +7,7 @@ import copy
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+from histex._device import resolve_precision
 
 
 class Ensemble:
@@ -85,8 +85,8 @@ class Ensemble:
         each network's last hidden layer instead of its expression.
 
         Where no gradient is recorded (predicting), the states run as one computation on their stacked parameters,
-        which the networks' layers take directly (:func:`histex.nn._stacked.linear`), not vmapped: a third less time
-        per prediction in bfloat16 on the CPU. The same function; in float32 the same numbers.
+        which the networks' layers take directly (:func:`histex.nn._stacked.linear`), not vmapped, which is faster.
+        The same function; in float32 the same numbers.
         """
         if not torch.is_grad_enabled():
             return self._stacked(image_tokens, gene_tokens, shared=shared, dtype=dtype, hidden=hidden)
@@ -145,22 +145,8 @@ def _cast(dtype: torch.dtype | None, params: dict, tokens: torch.Tensor, genes: 
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The dtype of the forward pass (:meth:`Ensemble.__call__`), or ``None`` for float32.
-
-    ``"auto"`` picks bfloat16 where the hardware computes it natively: CUDA devices that support it, and CPUs with
-    AMX or AVX-512 BF16 units (recent Xeons), on which a training step takes half the time. Elsewhere emulated
-    bfloat16 is slower than float32, so ``"auto"`` keeps float32.
+    """The dtype of the forward pass (:meth:`Ensemble.__call__`), or ``None`` for float32
+    (:func:`histex._device.resolve_precision` for training).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
-    if precision == "float32":
-        return None
-    if precision == "bfloat16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu":
-        native = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-        native = native or getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        return torch.bfloat16 if native else None
-    return None
+    dtype = resolve_precision(precision, device, training=True)
+    return None if dtype == torch.float32 else dtype

@@ -16,7 +16,7 @@ from histex.model.context import ContextPoints, nearest_context
 from histex.model.ensemble import Ensemble, compute_dtype
 from histex.nn import HistexNet, ImageOnlyNet
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -112,8 +112,8 @@ def ridge_gcv(x: np.ndarray, y: np.ndarray, penalties: np.ndarray = PENALTIES):
 
     One penalty for all columns, ``penalty * n`` with ``penalty`` the one of ``penalties`` of least generalised
     cross-validation error (Golub, Heath & Wahba 1979) summed over the columns; a column whose error is lower with
-    the intercept alone keeps only that. (A penalty per column, each by its own error, was less accurate on the
-    transfer benchmark's small toy sections: 0.504 against 0.515, where 195 spots estimate each error poorly.)
+    the intercept alone keeps only that. (A penalty per column, each by its own error, was less accurate where few
+    spots estimate each error; the method page gives the figures.)
 
     Returns the coefficients ``(p, genes)`` (zero for the columns left with their intercept), the intercepts
     ``(genes,)``, the penalty, and which columns were refitted ``(genes,)``.

@@ -15,8 +15,8 @@ def mlp(in_dim: int, hidden: Sequence[int], *, nonlinear: bool) -> nn.Sequential
     """Stack of linear layers; with ``nonlinear``, each is followed by a GELU.
 
     The published network has no nonlinearity between its layers (``nonlinear=False``), which makes the stack one
-    linear map. There is no LayerNorm: on the benchmark it cost 0.05-0.11 in mean Pearson where a section has few
-    spots (48 on the HGSC nest), and iStar's MLP has none either.
+    linear map. There is no LayerNorm: it made the MLP over-fit sections of few spots (the benchmark page gives
+    the figures), and iStar's MLP has none either.
     """
     layers: list[nn.Module] = []
     dim = in_dim

@@ -9,7 +9,7 @@ import numpy as np
 
 from histex._tables import histex_record
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 #: A label image is drawn at most this many pixels across (a stride through it), as the H&E is.
 MAX_LABEL_PX = 2000
@@ -53,8 +53,8 @@ def cell_layer(sdata, table, table_key: str, image_key: str | None, *, image: bo
     if len(present) != 1:
         raise ValueError(
             f"Table {table_key!r} annotates {regions}; histex draws the cells of one shapes or labels element that "
-            f"is in the SpatialData (shapes: {_sdata._choices(list(sdata.shapes))}; labels: "
-            f"{_sdata._choices(list(sdata.labels))})."
+            f"is in the SpatialData (shapes: {_sdata.choices_text(list(sdata.shapes))}; labels: "
+            f"{_sdata.choices_text(list(sdata.labels))})."
         )
     name = present[0]
     element = sdata.shapes[name] if name in sdata.shapes else sdata.labels[name]
@@ -98,7 +98,7 @@ def _frame(sdata, table, element, name: str, image_key: str | None, *, image: bo
         if image_key is not None:
             raise ValueError(
                 f"Cannot place the cells {name!r} on image {key!r}: they share no coordinate system (the image is in "
-                f"{_sdata._choices(list(image_cs))})."
+                f"{_sdata.choices_text(list(image_cs))})."
             )
         logger.warning("Cells of %r drawn without the H&E %r: they share no coordinate system.", name, key)
         return None, identity

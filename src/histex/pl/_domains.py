@@ -6,12 +6,12 @@ import logging
 
 import numpy as np
 
-from histex._tables import layout
+from histex._tables import histex_record, layout, table_of
 from histex.pl._cells import cell_layer, draw_cells, outline_cells
 from histex.pl._genes import raster
 from histex.pl._underlay import check_alpha, draw_underlay, underlay
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 
 def domains(
@@ -80,7 +80,7 @@ def domains(
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    table = sdata.tables[table_key]
+    table = table_of(sdata, table_key)
     column = f"{key}_label" if labels and f"{key}_label" in table.obs else key
     if column not in table.obs:
         raise ValueError(f"Table {table_key!r} has no obs[{column!r}]; run histex.tl.annotate(key_added={key!r}).")
@@ -151,9 +151,9 @@ def history(sdata, *, table_key: str = "histex", figsize: tuple[float, float] = 
     """
     import matplotlib.pyplot as plt
 
-    table = sdata.tables[table_key]
+    table = table_of(sdata, table_key)
     try:
-        record = table.uns["histex"]["history"]
+        record = histex_record(table, "history")
         loss = np.atleast_2d(np.asarray(record["loss"], dtype=float))
     except KeyError as err:
         raise ValueError(f"Table {table_key!r} has no training history (uns['histex']['history']['loss']).") from err

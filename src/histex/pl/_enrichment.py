@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from histex._tables import table_of
+
 KINDS = ("dot", "heatmap")
 COLUMNS = ("group", "term", "score", "padj", "rank")
 MIN_PADJ = 1e-300  # -log10 of an adjusted p-value of 0 stays finite
@@ -85,7 +87,7 @@ def enrichment(
     from matplotlib.colors import Normalize
     from matplotlib.lines import Line2D
 
-    table = sdata.tables[table_key]
+    table = table_of(sdata, table_key)
     if key not in table.uns:
         raise ValueError(f"Table {table_key!r} has no uns[{key!r}]; run histex.tl.enrich(sdata, {table_key!r}) first.")
     if kind not in KINDS:

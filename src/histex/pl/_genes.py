@@ -7,11 +7,11 @@ import logging
 import numpy as np
 import pandas as pd
 
-from histex._tables import SPREAD_LAYER, histex_record, layout
+from histex._tables import SPREAD_LAYER, histex_record, layout, table_of
 from histex.pl._cells import cell_layer, draw_cells
 from histex.pl._underlay import check_alpha, draw_underlay, underlay
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 
 def raster(table, values: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -101,7 +101,7 @@ def genes(
 
     from histex import _sdata
 
-    table = sdata.tables[table_key]
+    table = table_of(sdata, table_key)
     genes = _genes_in(table, genes, table_key)
     check_alpha(alpha)
     if layout(table) == "cells":
@@ -118,7 +118,7 @@ def genes(
         logger.info("Table %r was predicted without spots (an H&E-only slide): no spot panels.", table_key)
         spots = False
     shape = tuple(int(v) for v in meta["grid_shape"])
-    truth = sdata.tables[truth_key] if truth_key is not None else None
+    truth = table_of(sdata, truth_key) if truth_key is not None else None
     titles = (["ground truth"] if truth is not None else []) + (["spots"] if spots else []) + ["super-resolution"]
     if spots:
         sp = _sdata.read_spots(
@@ -209,7 +209,7 @@ def _same_cells(sdata, table, truth_key: str):
     """
     from spatialdata.models import get_table_keys
 
-    truth = sdata.tables[truth_key]
+    truth = table_of(sdata, truth_key)
     _, region_key, instance_key = get_table_keys(table)
     _, truth_region_key, truth_instance_key = get_table_keys(truth)
     params = histex_record(table, "params")
@@ -291,7 +291,7 @@ def uncertainty(
 
     from histex.model.trust import interval_layers
 
-    table = sdata.tables[table_key]
+    table = table_of(sdata, table_key)
     if SPREAD_LAYER not in table.layers:
         raise ValueError(
             f"Table {table_key!r} has no layers[{SPREAD_LAYER!r}] (the ensemble spread of super_resolve); predict it "

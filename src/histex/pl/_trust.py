@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from histex._tables import histex_record
+from histex._tables import histex_record, table_of
 
 
 def reliability(
@@ -46,7 +46,7 @@ def reliability(
 
     if table_key not in sdata.tables:
         raise KeyError(f"No table {table_key!r}; tables: {list(sdata.tables)}.")
-    table = sdata.tables[table_key]
+    table = table_of(sdata, table_key)
     if "reliability" not in table.var:
         raise ValueError(
             f"Table {table_key!r} has no var['reliability']; it is written by histex.tl.super_resolve and "

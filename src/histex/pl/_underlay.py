@@ -7,9 +7,10 @@ import logging
 import numpy as np
 import pandas as pd
 
+from histex._sdata import pyramid_levels
 from histex._tables import histex_record
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 # Pixels across the drawn H&E at least (about a figure's width), so that a small section is not drawn blocky.
 MIN_DRAWN_PX = 800
@@ -118,17 +119,6 @@ def fit_grid_affine(sdata, table, image_key: str, *, max_bins: int = MAX_FIT_BIN
     return affine
 
 
-def _levels(sdata, image_key: str) -> list:
-    """The levels of an image, as ``(c, y, x)`` DataArrays, finest first."""
-    from xarray import DataTree
-
-    element = sdata.images[image_key]
-    if not isinstance(element, DataTree):
-        return [element]
-    levels = [next(iter(element[name].ds.data_vars.values())) for name in element.children]
-    return sorted(levels, key=lambda a: -int(a.sizes["x"]) * int(a.sizes["y"]))
-
-
 def read_crop(sdata, image_key: str, box_px: tuple[float, float, float, float], px_per_bin: float):
     """The part ``(x0, x1, y0, y1)`` (full-resolution pixels) of an image at about one pixel per bin, or less.
 
@@ -137,7 +127,7 @@ def read_crop(sdata, image_key: str, box_px: tuple[float, float, float, float], 
     ``(rgb, extent)``: a ``(y, x, 3)`` array (uint8, or float in [0, 1]) and the full-resolution pixel box
     ``(x0, x1, y0, y1)`` it covers, or None when the box misses the image.
     """
-    levels = _levels(sdata, image_key)
+    levels = pyramid_levels(sdata.images[image_key])
     full_h, full_w = int(levels[0].sizes["y"]), int(levels[0].sizes["x"])
     x0, x1 = max(box_px[0], 0.0), min(box_px[1], float(full_w))
     y0, y1 = max(box_px[2], 0.0), min(box_px[3], float(full_h))

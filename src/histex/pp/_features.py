@@ -13,11 +13,12 @@ import torch
 
 from histex import _sdata, geometry
 from histex._device import resolve_device, resolve_precision
+from histex._docs import shared_docs
+from histex._validation import check_bool, check_int, check_key, check_number
 from histex.encoders import DEFAULT_MODEL, Encoder, plan_encoder
 from histex.pp._image import image_source
 from histex.pp._store import FeatureStore
 from histex.pp._tiling import (
-    ImageSource,
     default_num_workers,
     encode_blocks,
     plan_tiling,
@@ -26,7 +27,7 @@ from histex.pp._tiling import (
 )
 from histex.pp._tissue import tissue_mask
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 RGB_CHANNELS = ["mean_r", "mean_g", "mean_b"]
 
@@ -40,38 +41,7 @@ def tissue_key(features_key_: str) -> str:
     return features_key_.removesuffix(_sdata.FEATURES_SUFFIX) + "_tissue"
 
 
-def encode_image(
-    image: np.ndarray,
-    grid: geometry.BinGrid,
-    encoder: Encoder,
-    *,
-    mpp: float,
-    bin_size_um: float,
-    n_shifts: int = 1,
-    batch_size: int = 8,
-    show_progress: bool = True,
-) -> np.ndarray:
-    """Run an encoder over an in-memory ``(y, x, 3)`` uint8 image; ``(n_features, rows, cols)`` on the bin grid."""
-    source = ImageSource(levels=[np.asarray(image).transpose(2, 0, 1)], factors=[1], mpp=mpp)
-    out = np.zeros((len(encoder.feature_names), grid.n_rows, grid.n_cols), dtype=np.float32)
-
-    def sink(bounds, feats, rgb):
-        r0, r1, c0, c1 = bounds
-        out[:, r0:r1, c0:c1] = feats
-
-    encode_blocks(
-        source,
-        grid,
-        encoder,
-        working_mpp=bin_size_um / encoder.patch_size,
-        n_shifts=n_shifts,
-        batch_size=batch_size,
-        sink=sink,
-        show_progress=show_progress,
-    )
-    return out
-
-
+@shared_docs
 def extract_features(
     sdata,
     image_key: str | None = None,
@@ -128,11 +98,8 @@ def extract_features(
         Pixels per token (needed for a torch module) and per tile; the model's own by default.
     spots_key, table_key
         The spot circles and their counts table, only used to infer ``mpp``; found automatically.
-    device
-        ``None`` picks cuda, then mps, then cpu.
-    precision
-        Autocast precision of torch models: ``"auto"`` (bfloat16 on a GPU that has it, else float16; float32 on
-        CPU), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+    {device}
+    {precision}
     batch_size
         Tiles per encoder call; by default 256 on a GPU (halved whenever it runs out of memory) and 8 on a CPU.
     num_workers
@@ -157,6 +124,16 @@ def extract_features(
     """
     start = time.perf_counter()
     # the cheap checks first: resolving the model may hash or fetch gigabytes of weights
+    bin_size_um = check_number("bin_size_um", bin_size_um, minimum=0, above=True)
+    n_shifts = check_int("n_shifts", n_shifts)
+    patch_size = check_int("patch_size", patch_size, none_ok=True)
+    tile_size = check_int("tile_size", tile_size, none_ok=True)
+    batch_size = check_int("batch_size", batch_size, none_ok=True)
+    num_workers = check_int("num_workers", num_workers, minimum=0, none_ok=True)
+    for name, value in (("compile", compile), ("overwrite", overwrite), ("show_progress", show_progress)):
+        check_bool(name, value)
+    check_key("key_added", key_added, none_ok=True)
+    check_number("mpp", mpp, minimum=0, above=True, none_ok=True)
     if mpp is None:
         section = _sdata.read_section(sdata, image_key=image_key, spots_key=spots_key, table_key=table_key)
         image_key, mpp = section.image_key, section.mpp

@@ -6,24 +6,16 @@ import logging
 
 import numpy as np
 
+from histex._sdata import element_transformations, pyramid_levels
 from histex.pp._tiling import ImageSource, resample_window, source_span
 
-logger = logging.getLogger("histex")
-
-
-def _levels(element) -> list:
-    """The ``(c, y, x)`` arrays of an image element, finest first (one level for a single-scale image)."""
-    if hasattr(element, "children") and len(element.children):  # a multiscale DataTree
-        return [element[name]["image"] for name in sorted(element.children, key=lambda n: int(n.removeprefix("scale")))]
-    return [element]
+logger = logging.getLogger(__name__)
 
 
 def _level_factor(level, level0) -> int | None:
     """How many level-0 pixels one pixel of a pyramid level spans, from the levels' transformations; ``None`` when
     that is not a whole number (such a level is not used: its pixels would not tile level 0's).
     """
-    from histex._sdata import element_transformations
-
     if level is level0:
         return 1
     t0, t = element_transformations(level0), element_transformations(level)
@@ -49,7 +41,7 @@ def image_source(element, mpp: float) -> ImageSource:
     Converts with a log line: RGBA (alpha dropped), uint16 (divided by 257), float (scaled to 0-255 when its values
     lie in [0, 1]); other channel counts and dtypes are errors.
     """
-    levels = _levels(element)
+    levels = pyramid_levels(element)
     level0 = levels[0]
     n_channels = level0.sizes["c"]
     if n_channels == 4:

@@ -11,9 +11,10 @@ import numpy as np
 
 from histex import _sdata
 from histex import segmentation as seg
-from histex._backing import drop_element, is_backed, quiet_zarr_notices
+from histex._backing import drop_element, quiet_zarr_notices, wants_store
+from histex._validation import check_bool, check_int, check_key, check_number
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 #: Margin read around every block: wider than any nucleus, so that one cut by a block border is whole in the
 #: window of the block that holds its centre.
@@ -38,8 +39,8 @@ def segment_nuclei(
     The default finds nuclei by their haematoxylin (colour deconvolution), cut at one level for the whole slide and
     split by a watershed on the distance transform (scikit-image). The slide is read in blocks that overlap by
     20 µm, and a nucleus is kept by the block that holds its centre: one cut by a block border comes out once, and
-    whole. On the HGSC nest it finds the annotated nuclei with an F1 of about 0.53 at IoU 0.5; a learned model
-    segments better (``method``).
+    whole. It is a baseline without learned weights (the benchmark page gives its F1 against annotated nuclei); a
+    learned model segments better (``method``).
 
     Parameters
     ----------
@@ -80,13 +81,22 @@ def segment_nuclei(
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
+    check_key("key_added", key_added)
+    to_store = wants_store(sdata, to_store)
+    check_bool("show_progress", show_progress)
+    min_area_um2 = check_number("min_area_um2", min_area_um2, minimum=0)
+    block_px = check_int("block_px", block_px, minimum=64)
+    if method is not None and not callable(method):
+        raise TypeError(
+            f"method must be None (the built-in watershed) or a callable method(rgb, mpp) -> labels, got {method!r}."
+        )
+    if threshold is not None:
+        threshold = check_number("threshold", threshold, minimum=0, above=True)
     if mpp is None:
         section = _sdata.read_section(sdata, image_key=image_key)
         image_key, mpp = section.image_key, section.mpp
     else:
         image_key, mpp = _sdata.find_image_key(sdata, image_key), _sdata.check_mpp(mpp)
-    if block_px < 64:
-        raise ValueError(f"block_px must be at least 64 pixels, got {block_px}.")
     if any(key_added in getattr(sdata, kind) for kind in ("images", "labels", "points", "tables")):
         # spatialdata keeps one namespace for all its elements
         raise ValueError(f"key_added={key_added!r} names another element; choose another key_added.")
@@ -126,9 +136,11 @@ def segment_nuclei(
         polygons, _ = seg.segment_blocks(
             read, (rows, cols), segment, block_px=block_px, margin_px=math.ceil(MARGIN_UM / mpp), progress=bar
         )
+    if len(polygons) == 0:
+        hint = f"threshold={threshold:.3g} may be too high; " if method is None else ""
+        raise ValueError(f"No nucleus found on {image_key!r}: {hint}nothing was written.")
     frame = gpd.GeoDataFrame({"area_um2": shapely.area(polygons) * mpp**2}, geometry=list(polygons))
     shapes = ShapesModel.parse(frame, transformations=dict(_sdata.element_transformations(sdata.images[image_key])))
-    to_store = is_backed(sdata) if to_store is None else to_store
     drop_element(sdata, "shapes", key_added, from_store=to_store)
     sdata.shapes[key_added] = shapes
     if to_store:

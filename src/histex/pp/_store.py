@@ -1,20 +1,19 @@
 """Where the blocks of a feature map go: a zarr array in the SpatialData's own store when it is backed, else memory.
 
 Until :meth:`FeatureStore.finish`, ``sdata`` shows nothing new and loses nothing: on a backed store the blocks are
-written to a staging element when an element of the same name exists, and the old one is replaced only at the end;
-:meth:`FeatureStore.abort` removes whatever was staged.
+written to a staged element (:class:`histex._backing.Staging`), which replaces an old one of its name only at the
+end; :meth:`FeatureStore.abort` removes whatever was staged.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
-from histex._backing import STAGING_SUFFIX, drop_element, is_backed
+from histex._backing import Staging, drop_element, is_backed
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 
 class FeatureStore:
@@ -41,10 +40,8 @@ class FeatureStore:
         self.chunks = (len(names), min(chunk, shape_yx[0]), min(chunk, shape_yx[1]))
         self.rgb = np.zeros((3, *shape_yx), dtype=np.float32)
         self.backed = is_backed(sdata)
-        taken = key in sdata.images or (self.backed and f"images/{key}" in sdata.elements_paths_on_disk())
-        self.staging = f"{key}{STAGING_SUFFIX}" if taken else key
+        self.staging = Staging(sdata) if self.backed else None
         self.array = None
-        self._staged = False
 
     def open(self) -> None:
         """Allocate the map: in memory, or as an element of zeros in the store (zero chunks are not written)."""
@@ -53,11 +50,9 @@ class FeatureStore:
             return
         import dask.array as da
 
-        self._drop(self.staging, "images")  # left over from an interrupted run
-        self.sdata.images[self.staging] = self._element(da.zeros(self.shape, chunks=self.chunks, dtype=np.float32))
-        self._staged = True
-        self.sdata.write_element(self.staging)
-        self.array = self._zarr_array(self.staging)
+        zeros = self._element(da.zeros(self.shape, chunks=self.chunks, dtype=np.float32))
+        self.staging.stage("images", self.key, zeros)
+        self.array = self._zarr_array()
         logger.info("Writing the features into the SpatialData's store %s.", self.sdata.path)
 
     def write(self, bounds, feats: np.ndarray, rgb: np.ndarray) -> None:
@@ -73,15 +68,8 @@ class FeatureStore:
         from spatialdata.models import Labels2DModel
 
         if self.backed:
-            staged = self._element(da.from_zarr(self.array))
-            if self.staging != self.key:  # copy under the final name, chunk by chunk, then drop the staging
-                self._drop(self.key, "images")
-                self.sdata.images[self.key] = staged
-                self.sdata.write_element(self.key)
-                self.sdata.images[self.key] = self._element(da.from_zarr(self._zarr_array(self.key)))
-                self._drop(self.staging, "images")
-            else:
-                self.sdata.images[self.key] = staged
+            self.staging.commit()
+            self.sdata.images[self.key] = self._element(da.from_zarr(self._zarr_array()))
         else:
             self._drop(self.key, "images")
             self.sdata.images[self.key] = self._element(da.from_array(self.array, chunks=self.chunks))
@@ -95,12 +83,11 @@ class FeatureStore:
         if self.backed:
             self.sdata.write_element(self.mask_key)
             self.sdata.write_attrs()
-        self._staged = False
 
     def abort(self) -> None:
-        if self._staged:
-            self._drop(self.staging, "images")
-            self._staged = False
+        """Remove what was staged; ``sdata`` and its store are as they were."""
+        if self.staging is not None:
+            self.staging.abort()
 
     def _element(self, data):
         from spatialdata.models import Image2DModel
@@ -112,10 +99,11 @@ class FeatureStore:
     def _drop(self, name: str, kind: str) -> None:
         drop_element(self.sdata, kind, name, from_store=self.backed)
 
-    def _zarr_array(self, name: str):
+    def _zarr_array(self):
+        """The map's level-0 zarr array where it is now (staged, or in place after the commit)."""
         import zarr
 
-        group = zarr.open_group(str(Path(self.sdata.path) / "images" / name), mode="r+")
+        group = zarr.open_group(str(self.staging.path("images", self.key)), mode="r+")
         attrs = group.attrs.asdict()
         multiscales = attrs.get("ome", attrs)["multiscales"]
         return group[multiscales[0]["datasets"][0]["path"]]

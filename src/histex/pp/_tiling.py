@@ -27,7 +27,7 @@ from histex import geometry
 from histex._device import empty_cache, is_out_of_memory
 from histex.encoders import Encoder
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 WHITE = 255
 _BLOCK_BYTES = 256 * 2**20  # feature accumulator per block

@@ -14,7 +14,7 @@ from histex.sim._hidden import GENE_GROUPS, hidden_rates
 from histex.sim._layout import add_truth_cells, visium_like
 from histex.sim._pseudo import pseudo_visium
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 
 def draw_programmes(classes, n_genes: int = 60, *, seed: int = 0) -> pd.DataFrame:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from histex._sdata import image_array
+
 
 def barcodes(n: int) -> list[str]:
     """``n`` distinct 16-base barcodes with Space Ranger's ``-1`` suffix."""
@@ -68,7 +70,7 @@ def write_spaceranger(sdata, folder: str | Path, *, version: int = 1, image_name
     region = table.obs["region"].iloc[0]
     circles = sdata.shapes[region].loc[table.obs["spot_id"].to_numpy()]
     image_key = next(k for k in sdata.images if k.endswith("_full_image"))
-    rgb = np.asarray(sdata.images[image_key]["scale0"]["image"].values).transpose(1, 2, 0).astype(np.uint8)
+    rgb = np.asarray(image_array(sdata, image_key).values).transpose(1, 2, 0).astype(np.uint8)
     outs = Path(folder) / "outs"
     (outs / "spatial").mkdir(parents=True)
 

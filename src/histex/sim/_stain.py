@@ -39,8 +39,8 @@ def vary_stain(image: np.ndarray, *, haematoxylin: float = 1.0, eosin: float = 1
     """
     from skimage.color import hed_from_rgb, rgb_from_hed
 
-    _check_factor("haematoxylin", haematoxylin)
-    _check_factor("eosin", eosin)
+    check_factor("haematoxylin", haematoxylin)
+    check_factor("eosin", eosin)
     if not (hasattr(image, "shape") and hasattr(image, "dtype")):
         image = np.asarray(image)
     if len(image.shape) != 3 or image.shape[2] != 3:
@@ -68,7 +68,7 @@ def vary_stain(image: np.ndarray, *, haematoxylin: float = 1.0, eosin: float = 1
     return out
 
 
-def _check_factor(name: str, factor) -> None:
+def check_factor(name: str, factor) -> None:
     """Raise unless ``factor`` is a finite positive number."""
     if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not (np.isfinite(factor) and factor > 0):
         raise ValueError(

@@ -11,18 +11,19 @@ import scipy.sparse as sp
 from scipy import ndimage
 
 from histex._sdata import (
-    _choices,
+    choices_text,
     common_coordinate_system,
     element_transformations,
     find_image_key,
     image_array,
     to_image_pixels,
 )
+from histex._validation import warn_user
 from histex.geometry import BinGrid, cell_bin_weights
 from histex.sim._layout import visium_like
 from histex.sim._pseudo import pseudo_visium
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 SQUARE_PATTERN = re.compile(r"square_(\d{3})um$")
 CYTASSIST_SUFFIX = "_cytassist_image"
@@ -48,8 +49,8 @@ def _resolve_source(sdata, source: str | int) -> tuple[str, str, float]:
     found = _square_sources(sdata)
     if name not in found:
         raise ValueError(
-            f"No Visium HD table {name!r} in the SpatialData; square sizes available: {_choices(sorted(found))} "
-            f"(tables: {_choices(list(sdata.tables))}). Read it with spatialdata_io.visium_hd(..., bin_size=...) or "
+            f"No Visium HD table {name!r} in the SpatialData; square sizes available: {choices_text(sorted(found))} "
+            f"(tables: {choices_text(list(sdata.tables))}). Read it with spatialdata_io.visium_hd(..., bin_size=...) or "
             "pass source=... naming one that is there (2 µm squares give the most exact truth)."
         )
     return name, found[name], float(match.group(1))
@@ -77,8 +78,8 @@ def _squares(sdata, table_key: str, name: str):
             else ""
         )
         raise ValueError(
-            f"Table {table_key!r} annotates {_choices(regions)}, not one shapes element of {name} squares "
-            f"(shapes: {_choices(list(sdata.shapes))}).{hint}"
+            f"Table {table_key!r} annotates {choices_text(regions)}, not one shapes element of {name} squares "
+            f"(shapes: {choices_text(list(sdata.shapes))}).{hint}"
         )
     shapes_key = shape_keys[0]
     rows = np.flatnonzero(np.asarray(table.obs[region_key] == shapes_key))
@@ -158,7 +159,7 @@ def from_visium_hd(
     if square_um > bin_size_um:
         raise ValueError(
             f"{name} squares are larger than the {bin_size_um:g} µm bins: they cannot give truth at that size. Use "
-            f"source='square_002um' (available: {_choices(sorted(_square_sources(sdata)))})."
+            f"source='square_002um' (available: {choices_text(sorted(_square_sources(sdata)))})."
         )
     explicit = image_key is not None
     image_key = find_image_key(sdata, image_key)
@@ -187,10 +188,10 @@ def from_visium_hd(
             raise ValueError(f"mpp must be a positive number of microns per pixel, got {mpp!r}.")
         mpp, mpp_source = float(mpp), "given"
         if abs(mpp / mpp_squares - 1) > 0.05:
-            logger.warning(
-                "mpp %.4f µm/px disagrees with the %s squares (%.4f µm/px); using the given value.",
-                mpp, name, mpp_squares,
-            )  # fmt: skip
+            warn_user(
+                f"mpp {mpp:.4f} µm/px disagrees with the {name} squares ({mpp_squares:.4f} µm/px); using the given "
+                "value. Leave mpp=None to use the squares'."
+            )
 
     image = image_array(sdata, image_key)
     grid = BinGrid.for_image((int(image.sizes["y"]), int(image.sizes["x"])), mpp=mpp, bin_size_um=bin_size_um)

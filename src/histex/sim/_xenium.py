@@ -24,13 +24,14 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import ndimage
 
-from histex._sdata import _choices, element_transformations, image_array, to_image_pixels
+from histex._sdata import choices_text, element_transformations, image_array, to_image_pixels
+from histex._validation import warn_user
 from histex.cells import cell_polygons
 from histex.geometry import BinGrid, apply_affine, cell_bin_weights, points_to_bins
 from histex.sim._layout import add_truth_cells, visium_like
 from histex.sim._pseudo import pseudo_visium
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 CELL_ID = "cell_id"
 MORPHOLOGY_PREFIX = "morphology"
@@ -59,25 +60,25 @@ def _he_image_key(sdata, image_key: str | None) -> str:
     )
     if image_key is not None:
         if image_key not in sdata.images:
-            raise KeyError(f"No image {image_key!r} in the SpatialData; images: {_choices(list(sdata.images))}.")
+            raise KeyError(f"No image {image_key!r} in the SpatialData; images: {choices_text(list(sdata.images))}.")
         if image_key not in rgb:
             n = _n_channels(sdata, image_key)
             what = "a Xenium morphology (DAPI/stain) image" if image_key.startswith(MORPHOLOGY_PREFIX) else ""
             raise ValueError(
                 f"Image {image_key!r} is {what or f'not RGB ({n} channels)'}, not an H&E: histex needs an RGB H&E "
-                f"aligned to the Xenium run. RGB images: {_choices(rgb)}." + ("" if rgb else " " + hint)
+                f"aligned to the Xenium run. RGB images: {choices_text(rgb)}." + ("" if rgb else " " + hint)
             )
         return image_key
     if not rgb:
         raise ValueError(
-            f"The SpatialData has no RGB H&E image (images: {_choices(list(sdata.images))}); the Xenium morphology "
+            f"The SpatialData has no RGB H&E image (images: {choices_text(list(sdata.images))}); the Xenium morphology "
             f"images are fluorescence, not H&E. {hint}"
         )
     if len(rgb) > 1:
         preferred = [k for k in rgb if "he_image" in k]
         if len(preferred) == 1:
             return preferred[0]
-        raise ValueError(f"Several RGB images could be the H&E: {_choices(rgb)}. Pass image_key=... to choose one.")
+        raise ValueError(f"Several RGB images could be the H&E: {choices_text(rgb)}. Pass image_key=... to choose one.")
     return rgb[0]
 
 
@@ -87,8 +88,8 @@ def _shared_cs(sdata, image_key: str, element, element_name: str) -> str:
     common = [cs for cs in image_cs if cs in element_cs]
     if not common:
         raise ValueError(
-            f"The H&E {image_key!r} (coordinate systems {_choices(list(image_cs))}) and {element_name} "
-            f"({_choices(list(element_cs))}) share no coordinate system: the H&E is not aligned to the Xenium run. "
+            f"The H&E {image_key!r} (coordinate systems {choices_text(list(image_cs))}) and {element_name} "
+            f"({choices_text(list(element_cs))}) share no coordinate system: the H&E is not aligned to the Xenium run. "
             "Give the H&E its alignment to 'global' (spatialdata.transformations.set_transformation(image, "
             "Affine(alignment_matrix, ('x', 'y'), ('x', 'y')), 'global'), as spatialdata_io.xenium_aligned_image does)."
         )
@@ -103,10 +104,10 @@ def _mpp_from(affine: np.ndarray, mpp: float | None) -> float:
         if not np.isfinite(mpp) or mpp <= 0:
             raise ValueError(f"mpp must be a positive number of microns per pixel, got {mpp!r}.")
         if abs(mpp / derived - 1) > 0.05:
-            logger.warning(
-                "mpp=%.4f given, but the transformations give %.4f µm per H&E pixel (if the cells are in µm); "
-                "using %.4f.", mpp, derived, mpp,
-            )  # fmt: skip
+            warn_user(
+                f"mpp={mpp:.4f} given, but the transformations give {derived:.4f} µm per H&E pixel (if the cells are "
+                f"in µm); using {mpp:.4f}. Leave mpp=None to use the transformations'."
+            )
         return float(mpp)
     if singular[0] / singular[1] - 1 > 0.01:
         logger.warning("The H&E's pixels are not square in µm (scales %s); using their mean size.", 1 / singular)
@@ -206,11 +207,11 @@ def from_xenium(
         shapes_key = "cell_boundaries"
     if shapes_key not in sdata.shapes:
         raise KeyError(
-            f"No shapes {shapes_key!r} in the SpatialData; shapes: {_choices(list(sdata.shapes))}. Read the run with "
+            f"No shapes {shapes_key!r} in the SpatialData; shapes: {choices_text(list(sdata.shapes))}. Read the run with "
             "spatialdata_io.xenium(..., cells_boundaries=True) or pass shapes_key=..."
         )
     if table_key not in sdata.tables:
-        raise KeyError(f"No table {table_key!r} in the SpatialData; tables: {_choices(list(sdata.tables))}.")
+        raise KeyError(f"No table {table_key!r} in the SpatialData; tables: {choices_text(list(sdata.tables))}.")
     gdf = sdata.shapes[shapes_key]
     table = sdata.tables[table_key]
     cs = _shared_cs(sdata, image_key, gdf, f"the cells {shapes_key!r}")
@@ -334,7 +335,7 @@ def _transcripts_per_bin(sdata, points_key: str, image_key: str, genes: pd.Index
     """``(n_bins, n_genes)`` counts of the transcripts in each bin of the grid."""
     if points_key not in sdata.points:
         raise KeyError(
-            f"No points {points_key!r} in the SpatialData; points: {_choices(list(sdata.points))}. Read the run with "
+            f"No points {points_key!r} in the SpatialData; points: {choices_text(list(sdata.points))}. Read the run with "
             "spatialdata_io.xenium(..., transcripts=True)."
         )
     points = sdata.points[points_key]

@@ -11,38 +11,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from histex import domains as dm
-from histex._tables import cell_centroids, observation_table
+from histex._tables import cell_centroids, check_layer, observation_table
+from histex._validation import check_bool, check_int, check_key, check_number, check_seed, warn_user
+from histex.expression import expression_pcs, log_normalised
 from histex.tl._trust import select_genes
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 USES = ("embedding", "expression")
 METHODS = ("kmeans", "leiden")
-
-
-def log_normalised(
-    table, layer: str | None = None, columns: np.ndarray | None = None, *, keep_sparse: bool = False
-) -> np.ndarray | sp.csr_matrix:
-    """log1p of counts scaled to the median total per bin, ``(bins, genes)`` float32, dense.
-
-    Totals are over all genes; with ``columns``, only those genes are returned. With ``keep_sparse``, sparse counts
-    stay sparse (CSR; zeros stay zeros), so that a Visium HD table of every gene is never made dense.
-    """
-    x = table.layers[layer] if layer else table.X
-    totals = np.asarray(x.sum(axis=1), dtype=np.float32).reshape(-1, 1)
-    if columns is not None:
-        x = x[:, columns]
-    target = float(np.median(totals[totals > 0])) if (totals > 0).any() else 1.0
-    scale = np.divide(target, totals, out=np.zeros_like(totals), where=totals > 0)
-    if keep_sparse and sp.issparse(x):
-        x = sp.csr_matrix(x, dtype=np.float32, copy=True)
-        x.data *= np.repeat(scale.ravel(), np.diff(x.indptr))
-        np.log1p(x.data, out=x.data)
-        return x
-    x = x.toarray() if sp.issparse(x) else np.asarray(x)
-    x = x.astype(np.float32, copy=True)
-    x *= scale
-    return np.log1p(x, out=x)
 
 
 def _representation(table, use: str, log_expression, n_pcs: int, n_top_genes: int | None) -> np.ndarray:
@@ -50,34 +27,6 @@ def _representation(table, use: str, log_expression, n_pcs: int, n_top_genes: in
     if use == "embedding":
         return np.asarray(table.obsm["X_histex"], dtype=np.float32)
     return expression_pcs(log_expression, n_pcs, n_top_genes=n_top_genes)
-
-
-def expression_pcs(x, n_pcs: int, *, n_top_genes: int | None = None) -> np.ndarray:
-    """Principal components of bins x genes log expression, every gene scaled to unit variance.
-
-    With ``n_top_genes``, only the genes of highest variance are used. Sparse input stays sparse: the genes are scaled
-    as columns and the centring is left implicit (ARPACK), so a table of every gene is never made dense. Dense
-    input is centred and scaled in place.
-    """
-    from sklearn.decomposition import PCA
-
-    mean = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
-    if sp.issparse(x):
-        var = np.asarray(x.multiply(x).mean(axis=0), dtype=np.float64).ravel() - mean**2
-    else:
-        var = x.var(axis=0, dtype=np.float64)
-    if n_top_genes is not None and x.shape[1] > n_top_genes:
-        keep = np.sort(np.argsort(-var, kind="stable")[:n_top_genes])
-        x, mean, var = x[:, keep], mean[keep], var[keep]
-    std = np.sqrt(np.clip(var, 0, None))
-    std[std == 0] = 1
-    n = min(n_pcs, x.shape[1] - (1 if sp.issparse(x) else 0), x.shape[0] - 1)  # ARPACK needs fewer than all
-    if sp.issparse(x):
-        scaled = sp.csr_matrix(x @ sp.diags((1 / std).astype(np.float32)), dtype=np.float32)
-        return PCA(n, svd_solver="arpack", random_state=0).fit_transform(scaled).astype(np.float32)
-    x -= mean.astype(np.float32)
-    x /= std.astype(np.float32)
-    return PCA(n, random_state=0).fit_transform(x).astype(np.float32)
 
 
 def _leiden(values: np.ndarray, resolution: float, seed: int) -> np.ndarray:
@@ -174,7 +123,18 @@ def annotate(
     ``obs[f"{key_added}_boundary"]``; ``uns[key_added]`` the settings. If the call fails, nothing is written.
     """
     table, kind = observation_table(sdata, table_key)
+    check_layer(table, layer)
     chosen = select_genes(table, genes, table_key)
+    n_domains = check_int("n_domains", n_domains, none_ok=method != "kmeans")
+    resolution = check_number("resolution", resolution, minimum=0, above=True)
+    smooth = check_number("smooth", smooth, minimum=0, none_ok=True)
+    min_score = check_number("min_score", min_score)
+    boundary = check_bool("boundary", boundary)
+    n_pcs = check_int("n_pcs", n_pcs)
+    n_top_genes = check_int("n_top_genes", n_top_genes, none_ok=True)
+    seed = check_seed(seed)
+    check_key("key_added", key_added)
+    _check_markers(markers)
     if chosen is not None and use == "embedding":
         raise ValueError(
             "genes selects the expression that describes the bins; it cannot be used with use='embedding'."
@@ -284,6 +244,16 @@ class _Neighbours:
         return dm.boundary_points(labels, self.xy, 1.5 * self.spacing)
 
 
+def _check_markers(markers) -> None:
+    if markers is None:
+        return
+    if not isinstance(markers, dict) or not markers:
+        raise TypeError(f"markers must be a dict of label -> list of marker genes, got {markers!r}.")
+    for label, genes in markers.items():
+        if isinstance(genes, str) or not all(isinstance(g, str) for g in genes):
+            raise TypeError(f"markers[{label!r}] must be a list of gene names, got {genes!r}.")
+
+
 def _marker_columns(table, markers: dict[str, list[str]]) -> dict[str, np.ndarray]:
     genes = pd.Index(table.var_names)
     out, absent = {}, {}
@@ -301,5 +271,5 @@ def _marker_columns(table, markers: dict[str, list[str]]) -> dict[str, np.ndarra
             f"e.g. {', '.join(genes[:5])}."
         )
     if absent:
-        logger.warning("Marker genes not in the table, left out: %s.", absent)
+        warn_user(f"Marker genes not in the table, left out: {absent}.")
     return out

@@ -3,7 +3,7 @@
 The predictions are written block by block as :func:`histex.model.predict` yields them, so that a whole slide
 (500,000 bins x 1,000 genes is 2 GB in float32, four times with the spread and the interval) is never held twice, and on a backed
 SpatialData not even once. Until :meth:`BinsOutput.finish`, ``sdata`` shows nothing new: on a backed store the
-table is written under a staging name and renamed at the end; :meth:`BinsOutput.abort` removes whatever was staged.
+elements are staged (:class:`histex._backing.Staging`); :meth:`BinsOutput.abort` removes whatever was staged.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 
 from histex import _sdata
-from histex._backing import STAGING_SUFFIX, drop_element, is_backed, quiet_zarr_notices
-from histex._tables import SPREAD_LAYER
+from histex._backing import Staging, drop_element, quiet_zarr_notices
+from histex._tables import SPREAD_LAYER, stamped
+from histex._validation import check_key
 from histex.model.predict import Prediction
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 #: Bytes of float32 per zarr chunk of the bins x genes arrays (about 8 MB: rows x up to 256 genes).
 _CHUNK_BYTES = 8 * 2**20
@@ -104,7 +105,7 @@ class BinsOutput:
         self.embedding_dim = embedding_dim
         self.to_store = to_store
         self.interval = interval
-        self._staged: dict[str, str] = {}  # kind -> staging name of what this run has written to the store
+        self.staging = Staging(sdata) if to_store else None
         self.prediction: Prediction | None = None
 
     def _arrays(self) -> dict[str, int]:
@@ -124,8 +125,8 @@ class BinsOutput:
         import dask.array as da
         from anndata.io import write_elem
 
-        staging = self._stage("tables", self.key, self._table(ad.AnnData(obs=self.obs, var=self.var), uns={}))
-        group = self._zarr_group("tables", staging)
+        self.staging.stage("tables", self.key, self._table(ad.AnnData(obs=self.obs, var=self.var), uns={}))
+        group = self._zarr_group("tables", self.key)
         chunk_rows = max(1, min(n_bins, _CHUNK_BYTES // 4 // min(n_genes, _CHUNK_GENES)))
         arrays = {}
         for name, width in self._arrays().items():
@@ -162,15 +163,14 @@ class BinsOutput:
     def write_bins(self) -> None:
         """Write the bin squares to the store (staged); in memory they are placed by :meth:`finish`."""
         if self.to_store:
-            self._stage("shapes", self.bins_key, self.shapes)
+            self.staging.stage("shapes", self.bins_key, self.shapes)
 
     def finish(self, uns: dict) -> None:
         """Put the bins and the table, with ``uns["histex"] = uns``, in ``sdata``, replacing earlier ones."""
         import anndata as ad
 
         for kind, key in (("shapes", self.bins_key), ("tables", self.key)):
-            # in the store, this run's elements were staged under another name only when the key was taken
-            replaces = self._staged.get(kind, key) != key if self.to_store else key in getattr(self.sdata, kind)
+            replaces = self.staging.replaces(kind, key) if self.to_store else key in getattr(self.sdata, kind)
             if replaces:
                 logger.info("Overwriting %r.", key)
         pred = self.prediction
@@ -187,20 +187,10 @@ class BinsOutput:
 
         table = self._table(ad.AnnData(obs=self.obs, var=self.var), uns)
         with quiet_zarr_notices():
-            staged = self._zarr_group("tables", self._staged["tables"])
+            staged = self._zarr_group("tables", self.key)
             write_elem(staged, "uns", dict(table.uns))
             write_elem(staged, "var", table.var)  # with what the prediction added (spot consistency)
-        # The old elements go only now that the new ones are complete; the staged ones take their names.
-        for kind, key in (("shapes", self.bins_key), ("tables", self.key)):
-            staging = self._staged[kind]
-            del getattr(self.sdata, kind)[staging]
-            if staging != key:
-                self._drop(kind, key)
-                folder = Path(self.sdata.path) / kind
-                (folder / staging).rename(folder / key)
-        self._staged = {}
-        if self.sdata.has_consolidated_metadata():
-            self.sdata.write_consolidated_metadata()
+        self.staging.commit()  # the old elements go only now that the new ones are complete
         group = self._zarr_group("tables", self.key, mode="r")
         table.X = da.from_zarr(group["X"])
         for name in self._layers():
@@ -211,54 +201,30 @@ class BinsOutput:
 
     def abort(self) -> None:
         """Remove what this run staged in the store; ``sdata`` is as it was."""
-        for kind, staging in self._staged.items():
-            self._drop(kind, staging)
-        self._staged = {}
-
-    def _stage(self, kind: str, key: str, element) -> str:
-        """Write ``element`` to the store under ``key``, or under a staging name while ``key`` is taken."""
-        taken = key in getattr(self.sdata, kind) or f"{kind}/{key}" in self._on_disk()
-        staging = f"{key}{STAGING_SUFFIX}" if taken else key
-        self._drop(kind, staging)  # left over from an interrupted run
-        getattr(self.sdata, kind)[staging] = element
-        self._staged[kind] = staging
-        with quiet_zarr_notices():
-            self.sdata.write_element(staging)
-        return staging
+        if self.staging is not None:
+            self.staging.abort()
 
     def _table(self, table, uns: dict):
         from spatialdata.models import TableModel
 
         table.obsm["spatial"] = self.spatial
-        table.uns["histex"] = uns
+        table.uns["histex"] = stamped(uns)
         return TableModel.parse(table, region=self.bins_key, region_key="region", instance_key="instance_id")
 
-    def _zarr_group(self, kind: str, name: str, mode: str = "r+"):
+    def _zarr_group(self, kind: str, key: str, mode: str = "r+"):
+        """The zarr group of ``key``'s element where it is now (staged, or in place after the commit)."""
         import zarr
 
-        return zarr.open_group(str(Path(self.sdata.path) / kind / name), mode=mode, use_consolidated=False)
-
-    def _on_disk(self) -> list[str]:
-        return self.sdata.elements_paths_on_disk() if self.to_store else []
+        path = self.staging.path(kind, key) if self.staging else Path(self.sdata.path) / kind / key
+        return zarr.open_group(str(path), mode=mode, use_consolidated=False)
 
     def _drop(self, kind: str, name: str) -> None:
         drop_element(self.sdata, kind, name, from_store=self.to_store)
 
 
-def wants_store(sdata, to_store: bool | None) -> bool:
-    """Resolve ``to_store``: ``None`` means 'when ``sdata`` is backed'; ``True`` on an unbacked ``sdata`` is an error."""
-    if to_store is None:
-        return is_backed(sdata)
-    if to_store and not is_backed(sdata):
-        raise ValueError(
-            "to_store=True needs a SpatialData backed by a zarr store (sdata.write(path) or spatialdata.read_zarr); "
-            "this one lives in memory."
-        )
-    return bool(to_store)
-
-
 def check_output_keys(sdata, key_added: str) -> None:
-    """The output names must be free, or hold an earlier histex result (which is then replaced)."""
+    """The output names must be valid and free, or hold an earlier histex result (which is then replaced)."""
+    check_key("key_added", key_added)
     bins_key = f"{key_added}_bins"
     ours = key_added in sdata.tables and "histex" in sdata.tables[key_added].uns
     for name, store in ((bins_key, sdata.shapes), (key_added, sdata.tables)):

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 
 import numpy as np
 import pandas as pd
 
 from histex import cells as _cells
-from histex._backing import drop_element, is_backed, quiet_zarr_notices
-from histex._sdata import _choices, element_transformations, full_resolution, to_image_pixels
-from histex._tables import SPREAD_LAYER, histex_record
+from histex._backing import drop_element, quiet_zarr_notices, wants_store
+from histex._sdata import choices_text, element_transformations, full_resolution, to_image_pixels
+from histex._tables import SPREAD_LAYER, histex_record, stamped
+from histex._validation import check_key, check_number, warn_user
 from histex.geometry import BinGrid
 from histex.pp._features import tissue_key
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 #: Rows of a label image read at a time (and the chunk rows of a grown label image).
 _LABEL_BLOCK = 2048
@@ -78,10 +78,10 @@ def to_cells(
     from spatialdata.models import TableModel
 
     bins, grid, data = _bins_table(sdata, table_key)
-    if not isinstance(expand_um, (int, float)) or not math.isfinite(expand_um) or expand_um < 0:
-        raise ValueError(f"expand_um must be a distance of zero or more µm, got {expand_um!r}.")
+    expand_um = check_number("expand_um", expand_um, minimum=0)
+    to_store = wants_store(sdata, to_store)
     cells_key, kind = _find_cells(sdata, cells_key)
-    key_added = f"{table_key}_cells" if key_added is None else key_added
+    key_added = check_key("key_added", f"{table_key}_cells" if key_added is None else key_added)
     grown_key = _grown_key(key_added, kind)
     outputs = [("tables", key_added)] + ([(kind, grown_key)] if expand_um > 0 else [])
     _check_outputs(sdata, outputs, inputs={cells_key, table_key, data["image_key"], data.get("features_key")})
@@ -91,7 +91,7 @@ def to_cells(
     placed = element_transformations(element)
     if cs not in placed:
         raise ValueError(
-            f"The cells {cells_key!r} are placed in coordinate systems {_choices(list(placed))}, the bins' H&E "
+            f"The cells {cells_key!r} are placed in coordinate systems {choices_text(list(placed))}, the bins' H&E "
             f"{image_key!r} in {cs!r}: histex cannot tell where the cells lie on it. Give the cells a transformation "
             f"to {cs!r} (spatialdata.transformations.set_transformation(sdata[{cells_key!r}], ..., {cs!r}))."
         )
@@ -123,11 +123,9 @@ def to_cells(
         coverage = np.where(overlap.area > 0, np.minimum(covered / overlap.area, 1.0), 0.0)
     has_bins = covered > 0
     if not has_bins.all():
-        warnings.warn(
+        warn_user(
             f"{int((~has_bins).sum())} of {len(has_bins)} cells have no bin of {table_key!r} under them (outside "
-            "the tissue or the image); they are kept with zero counts, has_bins=False.",
-            UserWarning,
-            stacklevel=2,
+            "the tissue or the image); they are kept with zero counts, has_bins=False."
         )
 
     region = grown_key if expand_um > 0 else cells_key
@@ -146,24 +144,23 @@ def to_cells(
         table.layers[SPREAD_LAYER] = spread
     if interval is not None:
         table.layers.update(interval)
-    table.uns["histex"] = {
-        "params": {"cells_key": cells_key, "table_key": table_key, "expand_um": float(expand_um)},
-        "data": {
-            "region": region,
-            "kind": kind,
-            "n_cells": len(ids),
-            "n_without_bins": int((~has_bins).sum()),
-            "image_key": image_key,
-            "coordinate_system": cs,
-            "mpp": mpp,
-            "bin_px": grid.bin_px,
-        },
-    }
+    table.uns["histex"] = stamped(
+        {
+            "params": {"cells_key": cells_key, "table_key": table_key, "expand_um": float(expand_um)},
+            "data": {
+                "region": region,
+                "kind": kind,
+                "n_cells": len(ids),
+                "n_without_bins": int((~has_bins).sum()),
+                "image_key": image_key,
+                "coordinate_system": cs,
+                "mpp": mpp,
+                "bin_px": grid.bin_px,
+            },
+        }
+    )
     table = TableModel.parse(table, region=region, region_key="region", instance_key="cell_id")
 
-    to_store = is_backed(sdata) if to_store is None else to_store
-    if to_store and not is_backed(sdata):
-        raise ValueError("to_store=True needs a SpatialData backed by a zarr store (written or read from disk).")
     for out_kind, name in outputs + stale:
         if name in getattr(sdata, out_kind):
             logger.info("Overwriting %r.", name)
@@ -182,7 +179,7 @@ def to_cells(
 def _bins_table(sdata, table_key: str):
     if table_key not in sdata.tables:
         raise KeyError(
-            f"No table {table_key!r} of bins (tables: {_choices(list(sdata.tables))}): run histex.tl.super_resolve "
+            f"No table {table_key!r} of bins (tables: {choices_text(list(sdata.tables))}): run histex.tl.super_resolve "
             "first, or name the bins' table with table_key=."
         )
     bins = sdata.tables[table_key]
@@ -229,14 +226,14 @@ def _find_cells(sdata, cells_key: str | None) -> tuple[str, str]:
             if cells_key in getattr(sdata, kind):
                 return cells_key, kind
         raise KeyError(
-            f"No shapes or labels element {cells_key!r} (shapes: {_choices(list(sdata.shapes))}; labels: "
-            f"{_choices(list(sdata.labels))})."
+            f"No shapes or labels element {cells_key!r} (shapes: {choices_text(list(sdata.shapes))}; labels: "
+            f"{choices_text(list(sdata.labels))})."
         )
     skip = _bin_regions(sdata)
     candidates = [("shapes", k) for k, gdf in sdata.shapes.items() if k not in skip and _is_polygons(gdf)]
     candidates += [("labels", k) for k in sdata.labels if k not in skip]
     if len(candidates) != 1:
-        found = _choices([k for _, k in candidates]) if candidates else "none"
+        found = choices_text([k for _, k in candidates]) if candidates else "none"
         raise ValueError(
             f"Which element holds the cells? Polygon shapes and labels that are not bins: {found}. Name it with "
             "cells_key=, or segment the nuclei first (histex.pp.segment_nuclei, or StarDist, CellPose, sopa)."

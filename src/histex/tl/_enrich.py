@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 
 from histex import gene_sets as gs
-from histex._tables import observation_table
-from histex.tl._annotate import log_normalised
+from histex._tables import check_layer, observation_table
+from histex._validation import check_bool, check_choice, check_int, check_key
+from histex.expression import log_normalised
 from histex.tl._trust import select_genes
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 METHODS = ("ora", "ulm", "mlm", "zscore")
 RANK_METHODS = ("t-test", "t-test_overestim_var", "wilcoxon", "logreg")
@@ -86,10 +87,13 @@ def enrich(
     with ``bin_scores``, ``obsm[f"{key_added}_scores"]`` observations x sets. If the call fails, nothing is written.
     """
     table, _ = observation_table(sdata, table_key)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    if rank_method not in RANK_METHODS:
-        raise ValueError(f"rank_method must be one of {RANK_METHODS}, got {rank_method!r}.")
+    check_choice("method", method, METHODS)
+    check_choice("rank_method", rank_method, RANK_METHODS)
+    check_layer(table, layer)
+    min_size = check_int("min_size", min_size)
+    n_markers = check_int("n_markers", n_markers, none_ok=True)
+    check_bool("bin_scores", bin_scores)
+    check_key("key_added", key_added)
     groups = _groups(table, groupby)
     chosen = select_genes(table, genes, table_key)
     names = table.var_names if chosen is None else pd.Index(chosen)
@@ -97,8 +101,6 @@ def enrich(
     net = gs.as_network(sets)
     if n_markers is None:
         n_markers = max(5, int(np.ceil(0.05 * len(names))))
-    if n_markers < 1:
-        raise ValueError(f"n_markers must be at least 1, got {n_markers}.")
 
     log_expression = log_normalised(table, layer, keep_sparse=True)  # a sparse HD table of every gene stays sparse
     if chosen is not None:  # normalised by the totals over every gene, then only the chosen ones

@@ -12,6 +12,9 @@ from typing import NamedTuple
 import numpy as np
 
 from histex import _sdata, geometry
+from histex._backing import wants_store
+from histex._docs import shared_docs
+from histex._validation import check_bool, check_choice, check_genes, check_int, check_number
 from histex.model import Problem, TargetScaler, context_points, readout, trust
 from histex.model.checkpoint import Checkpoint
 from histex.model.ensemble import Ensemble, compute_dtype
@@ -21,7 +24,7 @@ from histex.model.matching import ShapeChoice, SpotMatch, disk_incidence, spot_c
 from histex.model.predict import predict, predict_spots
 from histex.model.settings import PRESETS, HistexSettings
 from histex.tl import _trained as model_folder
-from histex.tl._bins_output import BinsOutput, check_output_keys, plain, versions, wants_store
+from histex.tl._bins_output import BinsOutput, check_output_keys, plain, versions
 from histex.tl._sections import (
     SectionInputs,
     dense_counts,
@@ -33,7 +36,7 @@ from histex.tl._sections import (
 )
 from histex.tl._trained import Trained, check_features, check_same_encoder, encoder_record
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 
 class HistexModel:
@@ -127,6 +130,7 @@ class HistexModel:
 
     # --- fitting ------------------------------------------------------------------------------------------------
 
+    @shared_docs
     def fit(
         self,
         sdata,
@@ -158,31 +162,20 @@ class HistexModel:
         sdata
             A :class:`spatialdata.SpatialData`, or a list of them, each with spots, their counts and image
             features from :func:`histex.pp.extract_features` (the same encoder and bin size for all).
-        genes
-            Genes to predict, present in every section; default the ``n_top_genes`` most variable of the genes all
-            sections share (``seurat_v3`` on the spot counts).
-        n_top_genes
-            Number of highly variable genes when ``genes`` is not given.
-        layer
-            Layer of the tables with the counts; default ``X``.
-        image_key, spots_key, table_key, features_key, coordinate_system
-            Elements of each section; found automatically when unambiguous.
-        mpp
-            Microns per pixel of the images; by default from the reader's metadata or the spot lattice.
-        bin_size_um
-            Bin edge in µm; must match the features.
-        spot_diameter_um
-            Diameter of a spot's capture area, whose bins the disk loss averages (55 µm on Visium).
-        device
-            ``"cpu"``, ``"cuda"``, ``"mps"``; ``None`` picks cuda, then mps, then cpu.
+        {genes}
+        {layer}
+        {section_keys}
+        {mpp}
+        {bin_size_um}
+        {spot_diameter_um}
+        {device}
         checkpoint_dir
             Save the training state there every ``checkpoint_every`` epochs (atomically); a fit that finds a
             checkpoint of the same data and settings there resumes from it, and ends with the weights an
             uninterrupted fit would have had.
         checkpoint_every
             Epochs between checkpoints.
-        show_progress
-            Show progress bars.
+        {show_progress}
 
         Returns
         -------
@@ -249,8 +242,8 @@ class HistexModel:
         The model, fine-tuned; ``data["fine_tuned"]`` of the manifest lists the sections and epochs.
         """
         trained = self._need_trained()
-        if int(epochs) != epochs or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs}.")
+        epochs = check_int("epochs", epochs)
+        lr = check_number("lr", lr, minimum=0, above=True, none_ok=True)
         torch_device = resolve_device(device) if device is not None else trained.ensemble.device
         inputs = self._read_section(
             sdata, use_spots=True, image_key=image_key, spots_key=spots_key, table_key=table_key,
@@ -306,8 +299,15 @@ class HistexModel:
         """Read the sections, train, and keep what prediction needs; the sections as read and their problems
         are returned for a prediction of the same section (:meth:`fit_predict`).
         """
+        genes = check_genes(genes)
+        n_top_genes = check_int("n_top_genes", n_top_genes)
+        bin_size_um = check_number("bin_size_um", bin_size_um, minimum=0, above=True)
+        spot_diameter_um = check_number("spot_diameter_um", spot_diameter_um, minimum=0, above=True)
+        checkpoint_every = check_int("checkpoint_every", checkpoint_every)
+        check_bool("show_progress", show_progress)
+        check_number("mpp", keys.get("mpp"), minimum=0, above=True, none_ok=True)
         torch_device = resolve_device(device)
-        compute_dtype(self.settings.precision, torch_device)  # refuses an unknown precision before any work
+        compute_dtype(self.settings.precision, torch_device)  # refuses a precision the device cannot train in
         checkpoint = Checkpoint(checkpoint_dir, checkpoint_every) if checkpoint_dir is not None else None
         timer = _Timer()
         inputs = [read_inputs(s, use_spots=True, bin_size_um=bin_size_um, **keys) for s in sections]
@@ -391,6 +391,7 @@ class HistexModel:
 
     # --- predicting ---------------------------------------------------------------------------------------------
 
+    @shared_docs
     def predict(
         self,
         sdata,
@@ -423,8 +424,7 @@ class HistexModel:
             A :class:`spatialdata.SpatialData` with the H&E image and its features from
             :func:`histex.pp.extract_features` (same encoder, weights and bin size as the model's), and optionally
             spots with counts of the model's genes.
-        key_added
-            Name of the output table; the bins are ``shapes[f"{key_added}_bins"]``.
+        {key_added}
         use_spots
             ``"auto"``: the section's spots when it has them and their table has the model's genes; ``True``: they
             must be there; ``False``: predict from the image alone (an H&E-only slide).
@@ -449,8 +449,7 @@ class HistexModel:
             Write into ``sdata``'s zarr store chunk by chunk (``None``: when ``sdata`` is backed).
         layer
             Layer of the spot table; default the one the model was fitted on.
-        image_key, spots_key, table_key, features_key, coordinate_system
-            Elements to use; found automatically when unambiguous.
+        {section_keys}
         mpp
             Microns per pixel; by default from the spot lattice, or (without spots) the features' record.
         device
@@ -466,8 +465,12 @@ class HistexModel:
             the spots were used.
         """
         trained = self._need_trained()
-        if use_spots not in ("auto", True, False):
-            raise ValueError(f"use_spots must be 'auto', True or False, got {use_spots!r}.")
+        check_choice("use_spots", use_spots, ("auto", True, False))
+        for name, value in (("refit_readout", refit_readout), ("match_spots", match_spots),
+                            ("match_shapes", match_shapes)):  # fmt: skip
+            check_bool(name, value, none_ok=True)
+        check_bool("show_progress", show_progress)
+        check_number("mpp", mpp, minimum=0, above=True, none_ok=True)
         check_output_keys(sdata, key_added)
         to_store = wants_store(sdata, to_store)
         torch_device = resolve_device(device) if device is not None else trained.ensemble.device

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 
 from histex import _sdata
-from histex._tables import bin_table, histex_record
-from histex.tl._annotate import log_normalised
+from histex._tables import bin_table, check_layer, histex_record
+from histex._validation import check_key
+from histex.expression import log_normalised
 from histex.tl._trust import select_genes
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 #: Bin neighbourhoods: neighbours per bin -> radius in bins (4: edge neighbours; 8: edges and corners).
 BIN_NEIGHBOURHOODS = {4: 1.2, 8: 1.5}
@@ -76,11 +77,11 @@ def spatial_patterns(
         and the settings to ``uns[f"{key_added}_params"]``; nothing else is modified, and if the call fails,
         nothing is written.
     """
+    check_key("key_added", key_added)
     table = bin_table(sdata, table_key)
     if n_neighs_bins not in BIN_NEIGHBOURHOODS:
         raise ValueError(f"n_neighs_bins must be one of {sorted(BIN_NEIGHBOURHOODS)}, got {n_neighs_bins!r}.")
-    if layer is not None and layer not in table.layers:
-        raise KeyError(f"No layer {layer!r} in table {table_key!r}; layers: {list(table.layers)}.")
+    check_layer(table, layer, f"table {table_key!r}")
     if table.n_obs < 2:
         raise ValueError(f"Table {table_key!r} has {table.n_obs} bin(s); Moran's I needs neighbouring bins.")
     spots_table_key, spots_layer = _spots_source(sdata, table, spots_table_key)
@@ -157,8 +158,7 @@ def _spots_source(sdata, table, spots_table_key: str | None) -> tuple[str | None
     if spots_table_key == recorded:  # read the spots as super_resolve did
         layer = _sdata.fitted_layer(table)
     spots = sdata.tables[spots_table_key]
-    if layer is not None and layer not in spots.layers:
-        raise KeyError(f"No layer {layer!r} in the spot table {spots_table_key!r}; layers: {list(spots.layers)}.")
+    check_layer(spots, layer, f"the spot table {spots_table_key!r}")
     if spots.n_obs <= SPOT_NEIGHBOURS:
         raise ValueError(f"The spot table {spots_table_key!r} has {spots.n_obs} spots; Moran's I needs more.")
     return spots_table_key, layer

@@ -10,9 +10,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from histex import _sdata, geometry
+from histex._tables import check_layer
+from histex._validation import warn_user
 from histex.pp._features import BinFeatures, read_features
 
-logger = logging.getLogger("histex")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,8 +134,7 @@ def read_inputs(
 
 def count_matrix(table, layer: str | None):
     """The table's counts (``X`` or ``layer``), checked: finite and non-negative. CSR when sparse."""
-    if layer is not None and layer not in table.layers:
-        raise KeyError(f"No layer {layer!r} in the table; layers: {list(table.layers)}. Pass layer=None to use X.")
+    check_layer(table, layer)
     matrix = table.layers[layer] if layer is not None else table.X
     matrix = sp.csr_matrix(matrix) if sp.issparse(matrix) else np.asarray(matrix)
     values = matrix.data if sp.issparse(matrix) else matrix
@@ -221,7 +222,10 @@ def _highly_variable(x, n_top: int) -> np.ndarray:
         sc.pp.highly_variable_genes(adata, flavor="seurat_v3", n_top_genes=n_top)
         rank = adata.var["highly_variable_rank"].to_numpy()
         return np.sort(np.argsort(np.where(np.isnan(rank), np.inf, rank), kind="stable")[:n_top])
-    logger.warning("The counts are not integers (normalised data?); choosing genes by variance instead of seurat_v3.")
+    warn_user(
+        "The counts are not integers (normalised data?); choosing genes by variance instead of seurat_v3. Pass raw "
+        "counts to choose them as scanpy's seurat_v3 does."
+    )
     mean = np.asarray(x.mean(axis=0)).ravel()
     mean_sq = np.asarray(x.multiply(x).mean(axis=0)).ravel() if sp.issparse(x) else (x**2).mean(axis=0)
     return np.sort(np.argsort(-(mean_sq - mean**2), kind="stable")[:n_top])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from histex import geometry
+from histex._docs import shared_docs
 from histex.model.settings import PRESETS
 
 #: What each variant sets (presets of :class:`histex.model.settings.HistexSettings`); kept under this name for
@@ -10,6 +11,7 @@ from histex.model.settings import PRESETS
 VARIANTS = PRESETS
 
 
+@shared_docs
 def super_resolve(
     sdata,
     *,
@@ -60,21 +62,12 @@ def super_resolve(
     sdata
         A :class:`spatialdata.SpatialData` in the layout of :func:`spatialdata_io.visium`, with features from
         :func:`histex.pp.extract_features`.
-    image_key, spots_key, table_key, features_key
-        Elements to use; each is found automatically when unambiguous.
-    layer
-        Layer of the table that holds the counts; default ``X``.
-    genes
-        Genes to predict; default the ``n_top_genes`` most variable (``seurat_v3`` on the spot counts).
-    n_top_genes
-        Number of highly variable genes when ``genes`` is not given.
-    bin_size_um
-        Bin edge in µm; must match the features.
-    mpp
-        Microns per pixel of the full-resolution image; by default from the reader's metadata or the spot lattice.
-    spot_diameter_um
-        Diameter of the capture area of a spot, whose bins the disk loss averages (55 µm on Visium). The spot
-        circles' radius is not used for this: Space Ranger draws them at 65 µm.
+    {section_keys}
+    {layer}
+    {genes}
+    {bin_size_um}
+    {mpp}
+    {spot_diameter_um}
     variant
         ``"histex"`` (default): nonlinear MLP, fusion blocks that carry the measured expression through, the mean
         context expression given to the MLP as well, each spot's own measurement left out of its context at
@@ -85,14 +78,14 @@ def super_resolve(
         scaled by the head dimension, shuffled batches, hexagonal lattice).
     epochs
         Most passes over the spots per ensemble state. Variant default: 500 for ``"paper"`` (published), 60
-        otherwise (on the toy section more than about 100 over-fits its 200 spots).
+        otherwise (many more over-fit a section of a few hundred spots).
     holdout
         ``0`` (default): every state trains on every spot for ``epochs`` epochs. Above 0, the stopping rule: each
         ensemble state holds out this share of the spots (a different share for each state, so that the ensemble
         learns from all of them), keeps the parameters of the epoch with the lowest loss on them, and training
-        stops once no state has improved for ``patience`` epochs. On the benchmark ``holdout=0.1`` cost 0.014
-        (toy section) and 0.063 (HGSC nest, 48 spots) in mean Pearson at 8 µm: the loss on held-out spots stops
-        falling before the 8 µm maps stop improving, and each state learns from fewer spots.
+        stops once no state has improved for ``patience`` epochs. It costs accuracy at 8 µm (the benchmark page
+        gives the figures): the loss on held-out spots stops falling before the 8 µm maps stop improving, and each
+        state learns from fewer spots.
     patience
         Epochs without improvement on the held-out spots before training stops.
     n_states
@@ -110,13 +103,8 @@ def super_resolve(
         context, so that the network must learn from the image; ``"none"``. Variant default.
     targets
         ``"minmax"`` (paper) or ``"log1p"`` scaling of the counts. Variant default.
-    coordinate_system
-        Coordinate system shared by image and spots; found automatically.
-    device
-        ``"cpu"``, ``"cuda"``, ``"mps"``; ``None`` picks cuda, then mps, then cpu.
-    precision
-        ``"auto"``: bfloat16 mixed precision where the hardware computes it natively (CUDA GPUs that support it,
-        CPUs with AMX or AVX-512 BF16 units), float32 elsewhere; ``"float32"``; ``"bfloat16"``.
+    {device}
+    {precision}
     feature_components
         Project the standardised image features onto this many principal axes, fitted on the tissue bins, before
         training (a UNI map of 1,024 channels is four times smaller at 256). ``None`` keeps every channel.
@@ -128,16 +116,14 @@ def super_resolve(
     seed
         Seed of the first ensemble state (state ``i`` uses ``seed + i``). Same seed, same result on the same
         device and precision.
-    key_added
-        Name of the output table; the bins are ``shapes[f"{key_added}_bins"]``.
+    {key_added}
     to_store
         Write the output into ``sdata``'s zarr store as it is computed, the predictions chunk by chunk, so that a
         whole slide's bins x genes never sit in memory: ``X``, ``layers["ensemble_sd"]`` and ``obsm["X_histex"]`` are then
         dask arrays read from the store. ``None`` (default): when ``sdata`` is backed (written with
         :meth:`~spatialdata.SpatialData.write` or read with :func:`spatialdata.read_zarr`). ``False`` keeps
         everything in memory.
-    show_progress
-        Show progress bars.
+    {show_progress}
 
     Returns
     -------

@@ -5,9 +5,9 @@ intervals at any level (the array math is :mod:`histex.model.trust`).
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from histex._tables import SPREAD_LAYER, histex_record
+from histex._validation import check_genes, check_number
 from histex.model import trust
 
 
@@ -30,9 +30,11 @@ def select_genes(table, genes: str | list[str] | None, table_key: str) -> list[s
                 "see histex.pl.reliability, or pass a list of genes."
             )
         return chosen
-    chosen = [str(g) for g in pd.unique(pd.Series([genes] if isinstance(genes, str) else list(genes), dtype=object))]
-    if not chosen:
-        raise ValueError("genes is empty; pass None to use every gene, or 'reliable'.")
+    if isinstance(genes, str):
+        raise TypeError(
+            f"genes must be None, 'reliable' or a list of gene names, got {genes!r}; for one gene pass [{genes!r}]."
+        )
+    chosen = check_genes(genes)
     absent = [g for g in chosen if g not in table.var_names]
     if absent:
         shown = ", ".join(absent[:5]) + (" ..." if len(absent) > 5 else "")
@@ -64,8 +66,7 @@ def predictive_interval(sdata, *, table_key: str = "histex", level: float = trus
         The names of the two new layers, e.g. ``("lower80", "upper80")`` at 0.8. On a table read from a store
         they are dask arrays, computed when read (write them with :meth:`spatialdata.SpatialData.write_element`).
     """
-    if not 0 < level < 1:
-        raise ValueError(f"level must be between 0 and 1 (exclusive), got {level!r}.")
+    level = check_number("level", level, minimum=0, maximum=1, above=True, below=True)
     if table_key not in sdata.tables:
         raise KeyError(f"No table {table_key!r}; tables: {list(sdata.tables)}.")
     table = sdata.tables[table_key]
