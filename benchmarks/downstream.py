@@ -177,11 +177,10 @@ def main() -> None:
         print(f"  planted set first in {hits} of {N_DOMAINS} domains")
     if hasattr(hx.tl, "spatial_patterns"):
         timed("spatial_patterns (bins and spots)", hx.tl.spatial_patterns, sdata, genes=list(table.var_names[:20]))
-    fig = timed("pl.domains (H&E beneath)", hx.pl.domains, sdata, save=args.out / "domains.png")
-    plt.close(fig)
-    if hasattr(hx.pl, "enrichment"):
-        fig = timed("pl.enrichment", hx.pl.enrichment, sdata, save=args.out / "enrichment.png")
-        plt.close(fig)
+    ax = timed("pl.domains (H&E beneath)", hx.pl.domains, sdata, show=False, save=args.out / "domains.png")
+    plt.close(ax.figure)
+    ax = timed("pl.enrichment", hx.pl.enrichment, sdata, show=False, save=args.out / "enrichment.png")
+    plt.close(ax.figure)
 
 
 def hd(side: int) -> None:

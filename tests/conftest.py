@@ -31,3 +31,15 @@ def small_toy():
     sdata = hx.datasets.toy(size_um=720, n_genes=40, seed=1)
     hx.pp.extract_features(sdata, show_progress=False)
     return sdata
+
+
+@pytest.fixture(scope="session")
+def resolved(small_toy):
+    """The small toy super-resolved (3 genes, 2 states, 3 epochs): what the plots draw; tests that change it copy it."""
+    import spatialdata as sd
+
+    import histex as hx
+
+    sdata = sd.deepcopy(small_toy)
+    hx.tl.super_resolve(sdata, epochs=3, n_states=2, genes=["Imm_01", "Epi_01", "Str_01"], show_progress=False)
+    return sdata

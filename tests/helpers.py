@@ -82,3 +82,10 @@ def encode_image(image, grid, encoder, *, mpp, bin_size_um, n_shifts=1, batch_si
     encode_blocks(source, grid, encoder, working_mpp=bin_size_um / encoder.patch_size, n_shifts=n_shifts,
                   batch_size=batch_size, sink=sink, show_progress=show_progress)  # fmt: skip
     return out
+
+
+def figure_of(axes):
+    """The figure of what a histex plot returns with ``show=False``: one Axes, or an array of them."""
+    import numpy as np
+
+    return axes.figure if hasattr(axes, "figure") else np.asarray(axes).flat[0].figure

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import spatialdata as sd
 import zarr
-from helpers import fingerprint
+from helpers import figure_of, fingerprint
 
 import histex as hx
 from histex.tl import _bins_output
@@ -104,7 +104,7 @@ def test_backed_sdata_gets_the_output_in_its_store(backed, small_toy, monkeypatc
     pd.testing.assert_frame_equal(
         lazy, hx.tl.enrich(in_memory, gene_sets=sets, groupby="expression", min_size=2, method="ulm")
     )
-    figure = hx.pl.uncertainty(sdata, genes[0])
+    figure = figure_of(hx.pl.uncertainty(sdata, genes[0], show=False))
     assert len(figure.axes) >= 2
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import shapely
 import spatialdata as sd
+from helpers import figure_of
 from matplotlib.collections import PatchCollection, PolyCollection
 from spatialdata.models import Labels2DModel
 from spatialdata.transformations import get_transformation
@@ -115,7 +116,9 @@ def _face_at(collection, index) -> np.ndarray:
 def test_domains_draw_cells_as_polygons_over_the_he(section, tmp_path):
     sdata = sd.deepcopy(section)
     hx.tl.annotate(sdata, "truth_cells", n_domains=3, markers=_markers(sdata), boundary=True, key_added="cell_type")
-    fig = hx.pl.domains(sdata, table_key="truth_cells", key="cell_type", save=tmp_path / "cells.png")
+    fig = figure_of(
+        hx.pl.domains(sdata, table_key="truth_cells", key="cell_type", save=tmp_path / "cells.png", show=False)
+    )
     ax = fig.axes[0]
     assert (tmp_path / "cells.png").stat().st_size > 0
     assert len(ax.images) == 1  # the H&E, read from the simulated section's image
@@ -153,7 +156,7 @@ def test_domains_draw_a_label_image_of_cells(section):
         warnings.simplefilter("ignore", UserWarning)
         key = hx.tl.to_cells(sdata, cells_key="masks", key_added="mask_cells")
     hx.tl.annotate(sdata, key, n_domains=2, key_added="cluster")
-    fig = hx.pl.domains(sdata, table_key=key, key="cluster")
+    fig = figure_of(hx.pl.domains(sdata, table_key=key, key="cluster", show=False))
     ax = fig.axes[0]
     _he, drawn = ax.images
     grid = np.asarray(drawn.get_array())
@@ -167,7 +170,7 @@ def test_domains_draw_a_label_image_of_cells(section):
 
 def test_genes_draw_truth_spots_and_cells(section):
     sdata = sd.deepcopy(section)
-    fig = hx.pl.genes(sdata, ["G000", "G001"], table_key="histex_cells", truth_key="truth_cells")
+    fig = figure_of(hx.pl.genes(sdata, ["G000", "G001"], table_key="histex_cells", truth_key="truth_cells", show=False))
     assert len(fig.axes) == 2 * 3 + 2  # three panels a gene, and a colour bar each
     assert [a.get_title() for a in fig.axes[:3]] == ["G000: ground truth", "G000: spots", "G000: cells"]
     cells = sdata.tables["histex_cells"]
@@ -184,12 +187,12 @@ def test_genes_draw_truth_spots_and_cells(section):
         np.sort(spots.get_array()), np.sort(sdata.tables["table"][:, "G000"].X.toarray().ravel() * factor), rtol=0.02
     )
     with pytest.raises(ValueError, match="does not hold"):
-        hx.pl.genes(sdata, "G000", table_key="histex_cells", truth_key="truth")
+        hx.pl.genes(sdata, "G000", table_key="histex_cells", truth_key="truth", show=False)
     # cells grown from the true nuclei are drawn beside the truth of the nuclei they grew from
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         hx.tl.to_cells(sdata, cells_key="truth_cells_boundaries", expand_um=2.0, key_added="grown")
-    fig = hx.pl.genes(sdata, "G000", table_key="grown", truth_key="truth_cells", spots=False)
+    fig = figure_of(hx.pl.genes(sdata, "G000", table_key="grown", truth_key="truth_cells", spots=False, show=False))
     truth = next(c for c in fig.axes[0].collections if isinstance(c, PolyCollection))
     _, part_of = shapely.get_parts(sdata.shapes["grown_boundaries"].geometry.values, return_index=True)
     expected = sdata.tables["truth_cells"][:, "G000"].X.toarray().ravel()[part_of]  # a grown cell may have parts
@@ -202,7 +205,7 @@ def test_genes_draw_truth_spots_and_cells(section):
 
 def test_uncertainty_draws_the_cells_and_their_spread(section):
     cells = section.tables["histex_cells"]
-    fig = hx.pl.uncertainty(section, "G000", table_key="histex_cells")
+    fig = figure_of(hx.pl.uncertainty(section, "G000", table_key="histex_cells", show=False))
     prediction, width, spread = (
         next(c for c in ax.collections if isinstance(c, PolyCollection)) for ax in fig.axes[:3]
     )

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import spatialdata as sd
 import torch
+from helpers import figure_of
 
 import histex as hx
 from histex._bench import load_family
@@ -327,7 +328,9 @@ def test_an_he_only_slide(trained, section_d):
     assert "spot_consistency" not in table.var
     np.testing.assert_array_equal(table.var["reliability"], table.var["expected_pearson"])
     assert (np.asarray(table.layers["lower90"]) <= np.asarray(table.layers["upper90"])).all()
-    fig = hx.pl.genes(section_d, trained.genes[0], truth_key="truth")  # no spots to draw: truth and bins only
+    fig = figure_of(
+        hx.pl.genes(section_d, trained.genes[0], truth_key="truth", show=False)
+    )  # no spots to draw: truth and bins only
     assert [ax.get_title().split(":")[0].split("\n")[-1] for ax in fig.axes[:2]] != ["", ""]
     assert not any("spots" in ax.get_title() for ax in fig.axes)
 

@@ -230,4 +230,4 @@ def test_tables_carry_a_schema_version(predicted):
         assert histex_record(table, "params")["variant"] == "histex"
     table.uns["histex"]["schema_version"] = SCHEMA_VERSION + 1
     with pytest.warns(UserWarning, match="written by a newer histex"):
-        hx.pl.history(sdata)
+        hx.pl.history(sdata, show=False)

@@ -4,21 +4,17 @@ import matplotlib
 import numpy as np
 import pytest
 import spatialdata as sd
+from helpers import figure_of
 
 import histex as hx
 
 matplotlib.use("Agg")
 
 
-@pytest.fixture(scope="module")
-def resolved(small_toy):
-    sdata = sd.deepcopy(small_toy)
-    hx.tl.super_resolve(sdata, epochs=3, n_states=1, genes=["Imm_01", "Epi_01", "Str_01"], show_progress=False)
-    return sdata
-
-
 def test_genes_plot_has_panels_titles_and_pixels(resolved, tmp_path):
-    fig = hx.pl.genes(resolved, ["Imm_01", "Epi_01"], truth_key="truth", save=tmp_path / "genes.png")
+    fig = figure_of(
+        hx.pl.genes(resolved, ["Imm_01", "Epi_01"], truth_key="truth", save=tmp_path / "genes.png", show=False)
+    )
     panels = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title() for ax in panels] == [
         "Imm_01: ground truth",
@@ -53,7 +49,7 @@ def test_genes_plot_shows_the_spot_layer_that_was_fitted(small_toy):
     spots.layers["counts"] = counts.copy()
     spots.X = np.log1p(counts)
     hx.tl.super_resolve(sdata, layer="counts", epochs=2, n_states=1, genes=["Str_01"], show_progress=False)
-    fig = hx.pl.genes(sdata, "Str_01", image=False)
+    fig = figure_of(hx.pl.genes(sdata, "Str_01", image=False, show=False))
     drawn = fig.axes[0].collections[0].get_array()
     per_spot = sdata.tables["histex"].uns["histex"]["data"]["bins_per_spot"]
     assert np.allclose(drawn, counts[:, list(spots.var_names).index("Str_01")] / per_spot)
@@ -63,13 +59,13 @@ def test_genes_plot_shows_the_spot_layer_that_was_fitted(small_toy):
 
 
 def test_genes_plot_without_truth_or_spots(resolved):
-    fig = hx.pl.genes(resolved, "Str_01", spots=False, image=False)
+    fig = figure_of(hx.pl.genes(resolved, "Str_01", spots=False, image=False, show=False))
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["Str_01: super-resolution"]
     assert not fig.axes[0].child_axes and fig.axes[0].get_images()[0].get_alpha() == 1.0
     with pytest.raises(ValueError, match="alpha must be between 0 and 1"):
-        hx.pl.genes(resolved, "Str_01", alpha=2)
+        hx.pl.genes(resolved, "Str_01", alpha=2, show=False)
     with pytest.raises(ValueError, match="not in table"):
-        hx.pl.genes(resolved, ["NOPE"])
+        hx.pl.genes(resolved, ["NOPE"], show=False)
 
 
 @pytest.mark.slow
@@ -140,7 +136,7 @@ def test_domains_plot_colours_each_label_and_draws_boundaries(resolved, tmp_path
     sdata = sd.deepcopy(resolved)
     markers = {"immune": ["Imm_01"], "gland": ["Epi_01"], "stroma": ["Str_01"]}
     hx.tl.annotate(sdata, n_domains=3, use="expression", markers=markers, boundary=True, min_score=-10)
-    fig = hx.pl.domains(sdata, save=tmp_path / "domains.png")
+    fig = figure_of(hx.pl.domains(sdata, save=tmp_path / "domains.png", show=False))
     ax = fig.axes[0]
     assert ax.get_title() == "histex: domain_label"
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -151,27 +147,27 @@ def test_domains_plot_colours_each_label_and_draws_boundaries(resolved, tmp_path
     pixels = _pixels_of(fig)
     assert (pixels.sum(-1) < 30).mean() > 0.001  # black boundary pixels
     assert (tmp_path / "domains.png").stat().st_size > 5000
-    by_domain = hx.pl.domains(sdata, labels=False, boundary=False)
+    by_domain = figure_of(hx.pl.domains(sdata, labels=False, boundary=False, show=False))
     assert by_domain.axes[0].get_title() == "histex: domain" and len(by_domain.axes[0].get_images()) == 1
     with pytest.raises(ValueError, match="no obs\\['regions'\\]"):
-        hx.pl.domains(sdata, key="regions")
+        hx.pl.domains(sdata, key="regions", show=False)
 
 
 def test_history_plot_has_one_training_curve_per_state(resolved):
-    fig = hx.pl.history(resolved)
+    fig = figure_of(hx.pl.history(resolved, show=False))
     ax = fig.axes[0]
     loss = resolved.tables["histex"].uns["histex"]["history"]["loss"]
     assert len(ax.get_lines()) == len(loss) and ax.get_yscale() == "log"
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), loss[0])
     assert ax.get_xlabel() == "epoch" and ax.get_title() == "histex: training loss"
     with pytest.raises(ValueError, match="no training history"):
-        hx.pl.history(resolved, table_key="truth")
+        hx.pl.history(resolved, table_key="truth", show=False)
 
 
 def test_history_plot_with_held_out_spots(small_toy):
     sdata = sd.deepcopy(small_toy)
     hx.tl.super_resolve(sdata, epochs=4, n_states=2, holdout=0.2, genes=["Imm_01", "Str_01"], show_progress=False)
-    fig = hx.pl.history(sdata)
+    fig = figure_of(hx.pl.history(sdata, show=False))
     ax = fig.axes[0]
     record = sdata.tables["histex"].uns["histex"]["history"]
     assert record["validation"].shape == (2, 4)
@@ -190,7 +186,7 @@ def test_uncertainty_plot_shows_prediction_and_spread(small_toy):
     sdata = sd.deepcopy(small_toy)
     hx.tl.super_resolve(sdata, epochs=3, n_states=2, genes=["Imm_01", "Str_01"], show_progress=False)
     table = sdata.tables["histex"]
-    fig = hx.pl.uncertainty(sdata, ["Imm_01", "Str_01"])
+    fig = figure_of(hx.pl.uncertainty(sdata, ["Imm_01", "Str_01"], show=False))
     titles = [ax.get_title() for ax in fig.axes if ax.get_images()]
     assert titles == [
         f"{g}: {t}" for g in ("Imm_01", "Str_01") for t in ("prediction", "90% interval width", "ensemble sd")
@@ -203,10 +199,12 @@ def test_uncertainty_plot_shows_prediction_and_spread(small_toy):
     assert np.nanmax(spread) > 0  # two states disagree somewhere
     np.testing.assert_allclose(np.nansum(spread), table[:, "Imm_01"].layers["ensemble_sd"].sum(), rtol=1e-4)
     with pytest.raises(ValueError, match=r"Gene\(s\) \['NOPE'\]"):
-        hx.pl.uncertainty(sdata, "NOPE")
+        hx.pl.uncertainty(sdata, "NOPE", show=False)
     del table.layers["upper90"]  # a table of an earlier histex: the spread alone
-    titles = [ax.get_title() for ax in hx.pl.uncertainty(sdata, "Imm_01").axes if ax.get_images()]
+    titles = [
+        ax.get_title() for ax in figure_of(hx.pl.uncertainty(sdata, "Imm_01", show=False)).axes if ax.get_images()
+    ]
     assert titles == ["Imm_01: prediction", "Imm_01: ensemble sd"]
     del table.layers["ensemble_sd"]
     with pytest.raises(ValueError, match="no layers\\['ensemble_sd'\\]"):
-        hx.pl.uncertainty(sdata, "Imm_01")
+        hx.pl.uncertainty(sdata, "Imm_01", show=False)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import spatialdata as sd
-from helpers import compartment_markers
+from helpers import compartment_markers, figure_of
 from scipy import ndimage
 
 import histex as hx
@@ -77,7 +77,7 @@ def test_grid_affine_of_toy_truth_bins_matches_the_known_mapping(annotated):
 
 def test_domains_are_drawn_over_the_he(annotated, tmp_path):
     truth = annotated.tables["truth"]
-    fig = hx.pl.domains(annotated, table_key="truth", save=tmp_path / "domains.png")
+    fig = figure_of(hx.pl.domains(annotated, table_key="truth", save=tmp_path / "domains.png", show=False))
     assert (tmp_path / "domains.png").stat().st_size > 20000
     assert len(fig.axes) == 1
     ax = fig.axes[0]
@@ -131,8 +131,8 @@ def test_domains_are_drawn_over_the_he(annotated, tmp_path):
 @pytest.mark.filterwarnings("ignore:The table is annotating")
 def test_domains_grid_only_or_without_an_image(annotated, caplog):
     truth = annotated.tables["truth"]
-    over = hx.pl.domains(annotated, table_key="truth")
-    alone = hx.pl.domains(annotated, table_key="truth", image=False, boundary=False)
+    over = figure_of(hx.pl.domains(annotated, table_key="truth", show=False))
+    alone = figure_of(hx.pl.domains(annotated, table_key="truth", image=False, boundary=False, show=False))
     ax = alone.axes[0]
     assert not ax.child_axes and len(ax.get_images()) == 1 and ax.get_images()[0].get_alpha() == 1.0
     np.testing.assert_array_equal(ax.get_images()[0].get_array(), over.axes[0].get_images()[0].get_array())
@@ -141,20 +141,20 @@ def test_domains_grid_only_or_without_an_image(annotated, caplog):
 
     # No image at all: the grid alone, without an error.
     bare = sd.SpatialData(shapes={"truth_bins": annotated.shapes["truth_bins"]}, tables={"truth": truth})
-    fig = hx.pl.domains(bare, table_key="truth")
+    fig = figure_of(hx.pl.domains(bare, table_key="truth", show=False))
     assert not fig.axes[0].child_axes and len(fig.axes[0].get_images()) == 2
     with pytest.raises(KeyError, match="No image 'nope'"):
-        hx.pl.domains(annotated, table_key="truth", image_key="nope")
+        hx.pl.domains(annotated, table_key="truth", image_key="nope", show=False)
 
     # An image on which the bins cannot be placed (they annotate no shapes here): an error if named, else a warning.
     unplaced = sd.SpatialData(images={IMAGE_KEY: annotated.images[IMAGE_KEY]}, tables={"truth": truth})
     with pytest.raises(ValueError, match="Cannot place the bins of table 'truth' on image 'toy_full_image'"):
-        hx.pl.domains(unplaced, table_key="truth", image_key=IMAGE_KEY)
+        hx.pl.domains(unplaced, table_key="truth", image_key=IMAGE_KEY, show=False)
     with caplog.at_level(logging.WARNING, logger="histex"):
-        fig = hx.pl.domains(unplaced, table_key="truth")
+        fig = figure_of(hx.pl.domains(unplaced, table_key="truth", show=False))
     assert not fig.axes[0].child_axes and "drawn without the H&E" in caplog.text
     with pytest.raises(ValueError, match="alpha must be between 0 and 1"):
-        hx.pl.domains(annotated, table_key="truth", alpha=1.5)
+        hx.pl.domains(annotated, table_key="truth", alpha=1.5, show=False)
 
 
 @pytest.mark.parametrize("turn", ["rotated", "flipped"])
@@ -180,7 +180,7 @@ def test_domains_follow_bins_turned_on_the_image(annotated, turn):
     fitted = fit_grid_affine(sdata, truth, IMAGE_KEY)
     np.testing.assert_allclose(fitted, matrix @ _known_affine(truth), atol=1e-6)
 
-    fig = hx.pl.domains(sdata, table_key="truth")
+    fig = figure_of(hx.pl.domains(sdata, table_key="truth", show=False))
     ax = fig.axes[0]
     (he,) = ax.child_axes[0].get_images()
     pixels = _pixels_of(fig)
@@ -224,7 +224,7 @@ def enriched():
 
 def test_enrichment_dot_plot_shows_top_terms_by_score_and_padj(enriched, tmp_path):
     frame = enriched.tables["truth"].uns["enrichment"]
-    fig = hx.pl.enrichment(enriched, table_key="truth", n_terms=3, save=tmp_path / "dots.png")
+    fig = figure_of(hx.pl.enrichment(enriched, table_key="truth", n_terms=3, save=tmp_path / "dots.png", show=False))
     assert (tmp_path / "dots.png").stat().st_size > 5000
     ax, cbar = fig.axes
     assert ax.get_title() == "truth: enrichment" and cbar.get_ylabel() == "score"
@@ -254,7 +254,7 @@ def test_enrichment_dot_plot_shows_top_terms_by_score_and_padj(enriched, tmp_pat
 
 
 def test_enrichment_heatmap_and_errors(enriched):
-    fig = hx.pl.enrichment(enriched, table_key="truth", kind="heatmap", n_terms=1)
+    fig = figure_of(hx.pl.enrichment(enriched, table_key="truth", kind="heatmap", n_terms=1, show=False))
     ax, cbar = fig.axes
     assert ax.get_title() == "truth: enrichment" and cbar.get_ylabel() == "score"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["SET_0_0", "SET_1_0", "SET_10_0"]
@@ -267,15 +267,15 @@ def test_enrichment_heatmap_and_errors(enriched):
     )
     assert heat.norm.vmin == -heat.norm.vmax
     assert (np.abs(np.diff(_pixels_of(fig), axis=-1)).sum(-1) > 60).mean() > 0.05
-    every = hx.pl.enrichment(enriched, table_key="truth", n_terms=100)
+    every = figure_of(hx.pl.enrichment(enriched, table_key="truth", n_terms=100, show=False))
     assert len(every.axes[0].get_yticklabels()) == 3 * 3 + 3
 
     with pytest.raises(ValueError, match=r"no uns\['gsea'\]; run histex.tl.enrich"):
-        hx.pl.enrichment(enriched, table_key="truth", key="gsea")
+        hx.pl.enrichment(enriched, table_key="truth", key="gsea", show=False)
     with pytest.raises(ValueError, match="kind must be one of"):
-        hx.pl.enrichment(enriched, table_key="truth", kind="bar")
+        hx.pl.enrichment(enriched, table_key="truth", kind="bar", show=False)
     with pytest.raises(ValueError, match="n_terms must be"):
-        hx.pl.enrichment(enriched, table_key="truth", n_terms=0)
+        hx.pl.enrichment(enriched, table_key="truth", n_terms=0, show=False)
     enriched.tables["truth"].uns["enrichment"] = frame.drop(columns="padj")
     with pytest.raises(ValueError, match=r"lacks the column\(s\) \['padj'\]"):
-        hx.pl.enrichment(enriched, table_key="truth")
+        hx.pl.enrichment(enriched, table_key="truth", show=False)

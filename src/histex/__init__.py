@@ -5,6 +5,10 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import PackageNotFoundError, version
 
+from histex import _compat
+
+_compat.install()  # spatialdata-plot draws histex's bins by its default path (see histex._compat)
+
 try:
     __version__ = version("histex")
 except PackageNotFoundError:  # running from a source tree without installation

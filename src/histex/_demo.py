@@ -87,10 +87,10 @@ def run_demo(
     t = time.perf_counter()
     ranked = np.argsort(-np.nan_to_num(metrics.pearson_per_gene(*metrics.align_bins(pred, truth)[:2])))
     shown = _one_per_group(list(pred.var_names[ranked]))[:DEMO_GENES]
-    fig = hx.pl.genes(sdata, shown, table_key="histex", truth_key="truth", save=out / "genes.png")
+    axes = hx.pl.genes(sdata, shown, table_key="histex", truth_key="truth", show=False, save=out / "genes.png")
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
+    plt.close(axes.flat[0].figure)
     stage("plot", t)
 
     t = time.perf_counter()
@@ -130,8 +130,8 @@ def _domains_and_enrichment(sdata, out: Path) -> dict:
     hx.tl.annotate(sdata, n_domains=6, use="expression", markers={k: v for k, v in markers.items() if v})
     gene_sets = {f"{name} programme": members for name, members in programmes.items()}
     results = hx.tl.enrich(sdata, gene_sets=gene_sets, groupby="domain_label", min_size=2)
-    plt.close(hx.pl.domains(sdata, save=out / "domains.png"))
-    plt.close(hx.pl.enrichment(sdata, save=out / "enrichment.png"))
+    plt.close(hx.pl.domains(sdata, show=False, save=out / "domains.png").figure)
+    plt.close(hx.pl.enrichment(sdata, show=False, save=out / "enrichment.png").figure)
 
     truth = sdata.tables["truth"]
     planted = truth.obs[["array_row", "array_col", "compartment"]].astype({"compartment": str})

@@ -55,6 +55,22 @@ PARAMS: dict[str, str] = {
         show_progress
             Show progress bars.
         """,
+    "ax": """
+        ax
+            Matplotlib axes to draw into; ``None``: a new figure.
+        """,
+    "ax_grid": """
+        ax
+            Matplotlib axes to draw into, one per panel (genes x panels, row by row: any array or list of them);
+            ``None``: a new figure.
+        """,
+    "show_save": """
+        show
+            Show the figure (``plt.show()``) and return ``None``; ``None``: when the plot made its own figure (no
+            ``ax``). ``False`` returns the axes.
+        save
+            Path to save the figure to (at 120 dpi).
+        """,
     "key_added": """
         key_added
             Name of the output table; the bins are ``shapes[f"{key_added}_bins"]``. An earlier histex result of

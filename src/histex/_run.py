@@ -139,9 +139,10 @@ def run_section(
     t = time.perf_counter()
     means = np.asarray(table.X.mean(axis=0)).ravel()
     shown = list(table.var_names[np.argsort(-means)[:REPORT_GENES]])
-    plt.close(hx.pl.genes(sdata, shown, table_key="histex", save=report_staging / "genes.png"))
+    axes = hx.pl.genes(sdata, shown, table_key="histex", show=False, save=report_staging / "genes.png")
+    plt.close(axes.flat[0].figure)
     if n_domains is not None:
-        plt.close(hx.pl.domains(sdata, save=report_staging / "domains.png"))
+        plt.close(hx.pl.domains(sdata, show=False, save=report_staging / "domains.png").figure)
     stage("figures", t)
     spots = sdata.tables.get("table")
     report = {

@@ -6,14 +6,17 @@ import logging
 
 import numpy as np
 
+from histex._docs import shared_docs
 from histex._tables import histex_record, layout, table_of
 from histex.pl._cells import cell_layer, draw_cells, outline_cells
+from histex.pl._figure import finish, single_axes
 from histex.pl._genes import raster
 from histex.pl._underlay import check_alpha, draw_underlay, underlay
 
 logger = logging.getLogger(__name__)
 
 
+@shared_docs
 def domains(
     sdata,
     *,
@@ -26,6 +29,8 @@ def domains(
     alpha: float = 0.6,
     cmap: str = "tab20",
     figsize: tuple[float, float] = (6.0, 5.0),
+    ax=None,
+    show: bool | None = None,
     save: str | None = None,
 ):
     """Map the domains of :func:`histex.tl.annotate` over the H&E image, one colour per domain (or label); on a
@@ -64,17 +69,17 @@ def domains(
     cmap
         A qualitative matplotlib colour map.
     figsize
-        Figure size in inches.
-    save
-        Path to save the figure to.
+        Figure size in inches (without ``ax``).
+    {ax}
+    {show_save}
 
     Returns
     -------
-    The :class:`matplotlib.figure.Figure`. For bins, its first axes holds the domains (then the boundary bins) as
-    images in bin coordinates (bin ``(row, col)`` centred on ``(col, row)``); the H&E lies in
-    ``fig.axes[0].child_axes[0]``, which shares its limits and is drawn beneath it. For cells, the first axes is in
-    the H&E's full-resolution pixels: the H&E its first image, the cells a collection (a second image for a label
-    image), the boundary cells outlined in black.
+    The :class:`matplotlib.axes.Axes` (with ``show=False`` or ``ax``). For bins, it holds the domains (then the
+    boundary bins) as images in bin coordinates (bin ``(row, col)`` centred on ``(col, row)``); the H&E lies in
+    ``ax.child_axes[0]``, which shares its limits and is drawn beneath it. For cells, the axes is in the H&E's
+    full-resolution pixels: the H&E its first image, the cells a collection (a second image for a label image), the
+    boundary cells outlined in black.
     """
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
@@ -103,7 +108,7 @@ def domains(
     codes[codes < 0] = np.nan
     edge_column = f"{key}_boundary"
     edge = table.obs[edge_column].to_numpy().astype(bool) if boundary and edge_column in table.obs else None
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, ax, given = single_axes(ax, figsize)
     ax.set_facecolor("white")
     style = {"cmap": ListedColormap(colours), "vmin": -0.5, "vmax": len(names) - 0.5}
     if on_cells:
@@ -123,12 +128,19 @@ def domains(
     ax.set_title(f"{table_key}: {column}", fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
-    if save is not None:
-        fig.savefig(save, dpi=120, bbox_inches="tight")
-    return fig
+    return finish(fig, ax, given=given, show=show, save=save)
 
 
-def history(sdata, *, table_key: str = "histex", figsize: tuple[float, float] = (5.0, 3.5), save: str | None = None):
+@shared_docs
+def history(
+    sdata,
+    *,
+    table_key: str = "histex",
+    figsize: tuple[float, float] = (5.0, 3.5),
+    ax=None,
+    show: bool | None = None,
+    save: str | None = None,
+):
     """Loss per epoch of every ensemble state of :func:`histex.tl.super_resolve`, on a log scale.
 
     Solid lines are the loss on the spots a state trained on, dashed lines the loss on the spots it held out, and
@@ -141,16 +153,14 @@ def history(sdata, *, table_key: str = "histex", figsize: tuple[float, float] = 
     table_key
         Its table.
     figsize
-        Figure size in inches.
-    save
-        Path to save the figure to.
+        Figure size in inches (without ``ax``).
+    {ax}
+    {show_save}
 
     Returns
     -------
-    The :class:`matplotlib.figure.Figure`.
+    The :class:`matplotlib.axes.Axes` (with ``show=False`` or ``ax``).
     """
-    import matplotlib.pyplot as plt
-
     table = table_of(sdata, table_key)
     try:
         record = histex_record(table, "history")
@@ -159,7 +169,7 @@ def history(sdata, *, table_key: str = "histex", figsize: tuple[float, float] = 
         raise ValueError(f"Table {table_key!r} has no training history (uns['histex']['history']['loss']).") from err
     validation = np.asarray(record.get("validation", np.empty((0, 0))), dtype=float)
     best = np.asarray(record.get("best_epoch", []), dtype=int)
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, ax, given = single_axes(ax, figsize)
     epochs = np.arange(1, loss.shape[1] + 1)
     for state, curve in enumerate(loss):
         (line,) = ax.plot(epochs, curve, lw=1.2, label=f"state {state + 1}")
@@ -173,6 +183,4 @@ def history(sdata, *, table_key: str = "histex", figsize: tuple[float, float] = 
     title = "training (solid) and held-out (dashed) loss" if validation.size else "training loss"
     ax.set_title(f"{table_key}: {title}", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
-    if save is not None:
-        fig.savefig(save, dpi=120, bbox_inches="tight")
-    return fig
+    return finish(fig, ax, given=given, show=show, save=save)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from histex._docs import shared_docs
 from histex._tables import table_of
+from histex._validation import check_int
+from histex.pl._figure import finish, single_axes
 
 KINDS = ("dot", "heatmap")
 COLUMNS = ("group", "term", "score", "padj", "rank")
@@ -42,6 +45,7 @@ def enrichment_matrix(frame: pd.DataFrame, n_terms: int) -> tuple[pd.DataFrame, 
     return score.astype(float), padj.astype(float)
 
 
+@shared_docs
 def enrichment(
     sdata,
     *,
@@ -51,6 +55,8 @@ def enrichment(
     n_terms: int = 5,
     cmap: str = "RdBu_r",
     figsize: tuple[float, float] | None = None,
+    ax=None,
+    show: bool | None = None,
     save: str | None = None,
 ):
     """Plot the gene set enrichment of the domains (:func:`histex.tl.enrich`): the top terms of every domain.
@@ -75,13 +81,14 @@ def enrichment(
     cmap
         A diverging matplotlib colour map.
     figsize
-        Figure size in inches; by default from the number of terms and groups.
-    save
-        Path to save the figure to.
+        Figure size in inches (without ``ax``); by default from the number of terms and groups.
+    {ax}
+    {show_save}
 
     Returns
     -------
-    The :class:`matplotlib.figure.Figure`; ``fig.axes[0]`` is the plot, the last axes its colour bar.
+    The :class:`matplotlib.axes.Axes` of the plot (with ``show=False`` or ``ax``); its colour bar is the figure's
+    last axes.
     """
     import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize
@@ -92,8 +99,7 @@ def enrichment(
         raise ValueError(f"Table {table_key!r} has no uns[{key!r}]; run histex.tl.enrich(sdata, {table_key!r}) first.")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
-    if isinstance(n_terms, bool) or not isinstance(n_terms, int | np.integer) or n_terms < 1:
-        raise ValueError(f"n_terms must be a whole number of at least 1, got {n_terms!r}.")
+    n_terms = check_int("n_terms", n_terms)
     frame = pd.DataFrame(table.uns[key])
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
@@ -109,7 +115,7 @@ def enrichment(
     vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     norm = Normalize(-vmax, vmax)
 
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, ax, given = single_axes(ax, figsize)
     if kind == "dot":
         ys, xs = np.nonzero(np.isfinite(score.to_numpy()))
         values = score.to_numpy()[ys, xs]
@@ -149,9 +155,7 @@ def enrichment(
     ax.set_yticks(np.arange(n_rows), labels=list(score.index), fontsize=8)
     ax.set_xlabel("group")
     ax.set_title(f"{table_key}: {key}", fontsize=10)
-    if save is not None:
-        fig.savefig(save, dpi=120, bbox_inches="tight")
-    return fig
+    return finish(fig, ax, given=given, show=show, save=save)
 
 
 def _nice_top(strength: np.ndarray) -> float:

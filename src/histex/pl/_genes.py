@@ -7,8 +7,11 @@ import logging
 import numpy as np
 import pandas as pd
 
+from histex._docs import shared_docs
 from histex._tables import SPREAD_LAYER, histex_record, layout, table_of
+from histex._validation import check_genes
 from histex.pl._cells import cell_layer, draw_cells
+from histex.pl._figure import finish, grid_axes
 from histex.pl._underlay import check_alpha, draw_underlay, underlay
 
 logger = logging.getLogger(__name__)
@@ -27,8 +30,8 @@ def raster(table, values: np.ndarray, shape: tuple[int, int] | None = None) -> n
 
 
 def _genes_in(table, genes: str | list[str], table_key: str) -> list[str]:
-    """The genes as a list, checked to be in the table."""
-    genes = [genes] if isinstance(genes, str) else list(genes)
+    """The genes as a list (one name, or a list of distinct names), checked to be in the table."""
+    genes = check_genes([genes] if isinstance(genes, str) else genes, none_ok=False)
     missing = [g for g in genes if g not in table.var_names]
     if missing:
         raise ValueError(f"Gene(s) {missing} are not in table {table_key!r}.")
@@ -40,6 +43,7 @@ def _column(table, gene: str, layer: str | None = None) -> np.ndarray:
     return np.asarray(x.toarray() if hasattr(x, "toarray") else x).ravel()
 
 
+@shared_docs
 def genes(
     sdata,
     genes: str | list[str],
@@ -52,6 +56,8 @@ def genes(
     alpha: float = 0.8,
     cmap: str = "viridis",
     panel_size: float = 3.2,
+    ax=None,
+    show: bool | None = None,
     save: str | None = None,
 ):
     """Plot genes as measured by the spots, as super-resolved on bins (or cells), and as ground truth when given, over
@@ -87,15 +93,14 @@ def genes(
     cmap
         Matplotlib colour map.
     panel_size
-        Inches per panel.
-    save
-        Path to save the figure to.
+        Inches per panel (without ``ax``).
+    {ax_grid}
+    {show_save}
 
     Returns
     -------
-    The :class:`matplotlib.figure.Figure`; its axes are ``fig.axes`` row by row.
+    The axes, a ``(genes, panels)`` array (with ``show=False`` or ``ax``).
     """
-    import matplotlib.pyplot as plt
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Circle
 
@@ -105,12 +110,10 @@ def genes(
     genes = _genes_in(table, genes, table_key)
     check_alpha(alpha)
     if layout(table) == "cells":
-        style = {"alpha": alpha, "cmap": cmap, "panel_size": panel_size}
-        fig = _genes_on_cells(sdata, table, genes, table_key, truth_key, spots=spots, image_key=image_key,
-                              image=image, **style)  # fmt: skip
-        if save is not None:
-            fig.savefig(save, dpi=120, bbox_inches="tight")
-        return fig
+        style = {"alpha": alpha, "cmap": cmap, "panel_size": panel_size, "ax": ax}
+        fig, axes, given = _genes_on_cells(sdata, table, genes, table_key, truth_key, spots=spots,
+                                           image_key=image_key, image=image, **style)  # fmt: skip
+        return finish(fig, axes, given=given, show=show, save=save)
     beneath = underlay(sdata, table, table_key, image_key) if image else None
     opacity = alpha if beneath is not None else 1.0
     meta = table.uns["histex"]["data"]
@@ -130,9 +133,7 @@ def genes(
         per_spot = float(meta["bins_per_spot"])
         spot_layer = _sdata.fitted_layer(table)  # the values the network was trained on, which need not be X
 
-    fig, axes = plt.subplots(
-        len(genes), len(titles), figsize=(panel_size * len(titles), panel_size * len(genes)), squeeze=False
-    )
+    fig, axes, given = grid_axes(ax, len(genes), len(titles), panel_size, what="genes x panels")
     for i, gene in enumerate(genes):
         pred = raster(table, _column(table, gene), shape)
         panels = {"super-resolution": pred}
@@ -160,13 +161,10 @@ def genes(
             ax.set_xticks([])
             ax.set_yticks([])
         fig.colorbar(im, ax=list(axes[i]), shrink=0.8, label="counts per bin")
-    if save is not None:
-        fig.savefig(save, dpi=120, bbox_inches="tight")
-    return fig
+    return finish(fig, axes, given=given, show=show, save=save)
 
 
-def _genes_on_cells(sdata, table, genes, table_key, truth_key, *, spots, image_key, image, alpha, cmap, panel_size):
-    import matplotlib.pyplot as plt
+def _genes_on_cells(sdata, table, genes, table_key, truth_key, *, spots, image_key, image, alpha, cmap, panel_size, ax):
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Circle
 
@@ -175,9 +173,7 @@ def _genes_on_cells(sdata, table, genes, table_key, truth_key, *, spots, image_k
     truth = _same_cells(sdata, table, truth_key) if truth_key is not None else None
     measured = _spots_under_cells(sdata, table, table_key, cells.image_key) if spots else None
     titles = (["ground truth"] if truth is not None else []) + (["spots"] if measured is not None else []) + ["cells"]
-    fig, axes = plt.subplots(
-        len(genes), len(titles), figsize=(panel_size * len(titles), panel_size * len(genes)), squeeze=False
-    )
+    fig, axes, given = grid_axes(ax, len(genes), len(titles), panel_size, what="genes x panels")
     for i, gene in enumerate(genes):
         panels = {"cells": _column(table, gene)}
         if truth is not None:
@@ -200,7 +196,7 @@ def _genes_on_cells(sdata, table, genes, table_key, truth_key, *, spots, image_k
             ax.set_xticks([])
             ax.set_yticks([])
         fig.colorbar(mappable, ax=list(axes[i]), shrink=0.8, label="counts per cell")
-    return fig
+    return fig, axes, given
 
 
 def _same_cells(sdata, table, truth_key: str):
@@ -250,6 +246,7 @@ def _spots_under_cells(sdata, table, table_key: str, drawn_on: str | None):
     return spots.table, _sdata.fitted_layer(bins), spots.xy_px, spots.radius_px, per_cell
 
 
+@shared_docs
 def uncertainty(
     sdata,
     genes: str | list[str],
@@ -257,6 +254,8 @@ def uncertainty(
     table_key: str = "histex",
     cmap: str = "magma",
     panel_size: float = 3.2,
+    ax=None,
+    show: bool | None = None,
     save: str | None = None,
 ):
     """Predicted expression beside the width of its predictive interval (``layers["lower90"]`` and
@@ -279,16 +278,14 @@ def uncertainty(
     cmap
         Matplotlib colour map.
     panel_size
-        Inches per panel.
-    save
-        Path to save the figure to.
+        Inches per panel (without ``ax``).
+    {ax_grid}
+    {show_save}
 
     Returns
     -------
-    The :class:`matplotlib.figure.Figure`; its axes are ``fig.axes`` row by row.
+    The axes, a ``(genes, panels)`` array (with ``show=False`` or ``ax``).
     """
-    import matplotlib.pyplot as plt
-
     from histex.model.trust import interval_layers
 
     table = table_of(sdata, table_key)
@@ -303,9 +300,7 @@ def uncertainty(
     genes = _genes_in(table, genes, table_key)
     cells = cell_layer(sdata, table, table_key, None, image=False) if layout(table) == "cells" else None
     n_panels = 3 if has_interval else 2
-    fig, axes = plt.subplots(
-        len(genes), n_panels, figsize=(panel_size * n_panels, panel_size * len(genes)), squeeze=False
-    )
+    fig, axes, given = grid_axes(ax, len(genes), n_panels, panel_size, what="genes x panels")
     for i, gene in enumerate(genes):
         panels = {"prediction": _column(table, gene)}
         if has_interval:
@@ -321,6 +316,4 @@ def uncertainty(
             ax.set_xticks([])
             ax.set_yticks([])
         fig.colorbar(im, ax=list(axes[i]), shrink=0.8, label=f"counts per {'cell' if cells is not None else 'bin'}")
-    if save is not None:
-        fig.savefig(save, dpi=120, bbox_inches="tight")
-    return fig
+    return finish(fig, axes, given=given, show=show, save=save)

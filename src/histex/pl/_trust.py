@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from histex._docs import shared_docs
 from histex._tables import histex_record, table_of
+from histex._validation import check_bool, check_int, check_number
+from histex.pl._figure import finish, single_axes
 
 
+@shared_docs
 def reliability(
     sdata,
     *,
@@ -14,6 +18,8 @@ def reliability(
     n_genes: int | None = 40,
     label_genes: bool | None = None,
     panel_size: float = 4.0,
+    ax=None,
+    show: bool | None = None,
     save: str | None = None,
 ):
     """Genes ranked by ``var["reliability"]`` of :func:`histex.tl.super_resolve`, the reliable ones marked.
@@ -34,26 +40,23 @@ def reliability(
     label_genes
         Name the genes on the axis; default when at most 60 are shown.
     panel_size
-        Inches of the figure's height per 20 genes (and its width).
-    save
-        Path to save the figure to.
+        Inches of the figure's height per 20 genes (and its width), without ``ax``.
+    {ax}
+    {show_save}
 
     Returns
     -------
-    The :class:`matplotlib.figure.Figure`; ``fig.axes[0]`` the ranking.
+    The :class:`matplotlib.axes.Axes` of the ranking (with ``show=False`` or ``ax``).
     """
-    import matplotlib.pyplot as plt
-
-    if table_key not in sdata.tables:
-        raise KeyError(f"No table {table_key!r}; tables: {list(sdata.tables)}.")
     table = table_of(sdata, table_key)
+    panel_size = check_number("panel_size", panel_size, minimum=0, above=True)
+    check_bool("label_genes", label_genes, none_ok=True)
     if "reliability" not in table.var:
         raise ValueError(
             f"Table {table_key!r} has no var['reliability']; it is written by histex.tl.super_resolve and "
             "HistexModel.predict (run them again with this version of histex)."
         )
-    if n_genes is not None and n_genes < 2:
-        raise ValueError(f"n_genes must be at least 2 (or None for every gene), got {n_genes}.")
+    n_genes = check_int("n_genes", n_genes, minimum=2, none_ok=True)
     var = table.var
     order = np.argsort(-var["reliability"].to_numpy(float), kind="stable")
     if n_genes is not None and len(order) > n_genes:
@@ -64,7 +67,7 @@ def reliability(
 
     y = np.arange(len(shown))[::-1]
     height = max(2.5, panel_size * len(shown) / 20)
-    fig, ax = plt.subplots(figsize=(panel_size * 1.4, height))
+    fig, ax, given = single_axes(ax, (panel_size * 1.4, height))
     flagged = shown["reliable"].to_numpy(bool)
     ax.scatter(shown["reliability"][flagged], y[flagged], color="tab:green", s=22, zorder=3, label="reliable")
     ax.scatter(shown["reliability"][~flagged], y[~flagged], color="tab:grey", s=22, zorder=3, label="not reliable")
@@ -82,6 +85,4 @@ def reliability(
     n_reliable = int(var["reliable"].sum())
     ax.set_title(f"{n_reliable} of {len(var)} genes reliable (>= {threshold:g})", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
-    if save is not None:
-        fig.savefig(save, dpi=120, bbox_inches="tight")
-    return fig
+    return finish(fig, ax, given=given, show=show, save=save)
