@@ -62,7 +62,7 @@ def test_genes_plot_without_truth_or_spots(resolved):
     fig = figure_of(hx.pl.genes(resolved, "Str_01", spots=False, image=False, show=False))
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["Str_01: super-resolution"]
     assert not fig.axes[0].child_axes and fig.axes[0].get_images()[0].get_alpha() == 1.0
-    with pytest.raises(ValueError, match="alpha must be between 0 and 1"):
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
         hx.pl.genes(resolved, "Str_01", alpha=2, show=False)
     with pytest.raises(ValueError, match="not in table"):
         hx.pl.genes(resolved, ["NOPE"], show=False)

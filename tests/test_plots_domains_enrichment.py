@@ -153,7 +153,7 @@ def test_domains_grid_only_or_without_an_image(annotated, caplog):
     with caplog.at_level(logging.WARNING, logger="histex"):
         fig = figure_of(hx.pl.domains(unplaced, table_key="truth", show=False))
     assert not fig.axes[0].child_axes and "drawn without the H&E" in caplog.text
-    with pytest.raises(ValueError, match="alpha must be between 0 and 1"):
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
         hx.pl.domains(annotated, table_key="truth", alpha=1.5, show=False)
 
 

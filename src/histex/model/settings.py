@@ -130,8 +130,7 @@ class HistexSettings:
     @classmethod
     def preset(cls, variant: str = "histex", **overrides) -> HistexSettings:
         """The settings of a variant (:data:`PRESETS`), with ``overrides`` (fields; ``None`` values are ignored)."""
-        if variant not in PRESETS:
-            raise ValueError(f"variant must be one of {list(PRESETS)}, got {variant!r}.")
+        check_choice("variant", variant, PRESETS)
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"Unknown settings: {sorted(unknown)}; valid: {sorted(f.name for f in fields(cls))}.")

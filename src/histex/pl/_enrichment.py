@@ -7,7 +7,7 @@ import pandas as pd
 
 from histex._docs import shared_docs
 from histex._tables import table_of
-from histex._validation import check_int
+from histex._validation import check_choice, check_int
 from histex.pl._figure import finish, single_axes
 
 KINDS = ("dot", "heatmap")
@@ -97,8 +97,7 @@ def enrichment(
     table = table_of(sdata, table_key)
     if key not in table.uns:
         raise ValueError(f"Table {table_key!r} has no uns[{key!r}]; run histex.tl.enrich(sdata, {table_key!r}) first.")
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+    check_choice("kind", kind, KINDS)
     n_terms = check_int("n_terms", n_terms)
     frame = pd.DataFrame(table.uns[key])
     missing = [c for c in COLUMNS if c not in frame.columns]

@@ -9,6 +9,7 @@ import pandas as pd
 
 from histex._sdata import pyramid_levels
 from histex._tables import histex_record
+from histex._validation import check_number
 
 logger = logging.getLogger(__name__)
 
@@ -19,8 +20,7 @@ MAX_FIT_BINS = 20_000
 
 
 def check_alpha(alpha: float) -> None:
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be between 0 and 1, got {alpha!r}.")
+    check_number("alpha", alpha, minimum=0, maximum=1)
 
 
 def _histex_meta(table) -> dict:

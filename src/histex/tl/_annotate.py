@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from histex import domains as dm
 from histex._tables import cell_centroids, check_layer, observation_table
-from histex._validation import check_bool, check_int, check_key, check_number, check_seed, warn_user
+from histex._validation import check_bool, check_choice, check_int, check_key, check_number, check_seed, warn_user
 from histex.expression import expression_pcs, log_normalised
 from histex.tl._trust import select_genes
 
@@ -143,12 +143,10 @@ def annotate(
         use = "embedding" if "X_histex" in table.obsm and chosen is None else "expression"
     if smooth is None:
         smooth = 1.0 if kind == "bins" else 0.0
-    if use not in USES:
-        raise ValueError(f"use must be one of {USES}, got {use!r}.")
+    check_choice("use", use, USES)
     if use == "embedding" and "X_histex" not in table.obsm:
         raise ValueError("The table has no obsm['X_histex'] (the fused embedding of super_resolve); use='expression'.")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    check_choice("method", method, METHODS)
     if method == "kmeans" and not 1 <= n_domains <= table.n_obs:
         raise ValueError(f"n_domains must be between 1 and the {table.n_obs} {kind}, got {n_domains}.")
     marker_idx = _marker_columns(table, markers) if markers else None

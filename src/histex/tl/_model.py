@@ -64,8 +64,7 @@ class HistexModel:
     """
 
     def __init__(self, variant: str = "histex", *, settings: HistexSettings | None = None, **overrides):
-        if variant not in PRESETS:
-            raise ValueError(f"variant must be one of {list(PRESETS)}, got {variant!r}.")
+        check_choice("variant", variant, PRESETS)
         if settings is None:
             settings = HistexSettings.preset(variant, **overrides)
         elif overrides:

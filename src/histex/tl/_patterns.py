@@ -11,7 +11,7 @@ import pandas as pd
 
 from histex import _sdata
 from histex._tables import bin_table, check_layer, histex_record
-from histex._validation import check_key
+from histex._validation import check_choice, check_key
 from histex.expression import log_normalised
 from histex.tl._trust import select_genes
 
@@ -79,8 +79,7 @@ def spatial_patterns(
     """
     check_key("key_added", key_added)
     table = bin_table(sdata, table_key)
-    if n_neighs_bins not in BIN_NEIGHBOURHOODS:
-        raise ValueError(f"n_neighs_bins must be one of {sorted(BIN_NEIGHBOURHOODS)}, got {n_neighs_bins!r}.")
+    check_choice("n_neighs_bins", n_neighs_bins, sorted(BIN_NEIGHBOURHOODS))
     check_layer(table, layer, f"table {table_key!r}")
     if table.n_obs < 2:
         raise ValueError(f"Table {table_key!r} has {table.n_obs} bin(s); Moran's I needs neighbouring bins.")
