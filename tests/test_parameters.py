@@ -11,7 +11,7 @@ from helpers import fingerprint
 
 import histex as hx
 from histex import _validation as v
-from histex._device import PRECISIONS, resolve_device, resolve_precision
+from histex._device import PRECISIONS, native_bfloat16, resolve_device, resolve_precision
 
 FAST = {"epochs": 1, "n_states": 1, "show_progress": False, "device": "cpu", "n_top_genes": 5}
 BAD = (ValueError, TypeError, KeyError)
@@ -58,11 +58,17 @@ def test_validators():
             v.check_key("key_added", name)
     with pytest.raises(TypeError, match="key_added must be a string"):
         v.check_key("key_added", 1)
-    assert v.check_bool("b", np.bool_(True)) is True
+    assert v.check_bool("b", np.bool_(True)) is True and v.check_bool("b", 0) is False
+    assert v.check_choice("use_spots", np.True_, ("auto", True, False)) is True
     with pytest.raises(TypeError, match="b must be True or False"):
         v.check_bool("b", "no")
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         v.check_seed(-1)
+
+
+def test_integral_floats_are_taken_as_integers():
+    sdata = hx.datasets.toy(size_um=300, n_genes=20.0)
+    assert sdata.tables["table"].n_vars == 20
 
 
 def test_one_precision_resolver(monkeypatch):
@@ -80,6 +86,11 @@ def test_one_precision_resolver(monkeypatch):
         resolve_precision("half", cpu)
     with pytest.raises(ValueError, match="device must be 'cpu', 'cuda'"):
         resolve_device("tpu")
+    # on CUDA, natively from compute capability 8 (Ampere) on: older GPUs only emulate bfloat16, slowly
+    monkeypatch.undo()
+    for capability, native in (((7, 0), False), ((8, 0), True), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert native_bfloat16(torch.device("cuda")) is native
 
 
 @pytest.mark.parametrize(
@@ -128,7 +139,7 @@ def test_model_parameters(small_toy):
     model = hx.HistexModel(epochs=1, n_states=1).fit(small_toy, genes=["Epi_01", "Imm_01"], show_progress=False)
     toy = sd.deepcopy(small_toy)
     _refused(model.predict, toy, "use_spots must be one of", use_spots="yes", show_progress=False)
-    _refused(model.predict, toy, "refit_readout must be True or False or None", refit_readout=1, show_progress=False)
+    _refused(model.predict, toy, "refit_readout must be True or False or None", refit_readout=2, show_progress=False)
     _refused(model.predict, toy, "not a valid element name", key_added="a b", show_progress=False)
     _refused(model.fine_tune, toy, "epochs must be >= 1", epochs=0)
     _refused(model.fine_tune, toy, "lr must be > 0", lr=-1.0)
@@ -143,7 +154,7 @@ def test_extract_features_parameters(small_toy):
         ({"batch_size": 0}, "batch_size must be >= 1"),
         ({"num_workers": -1}, "num_workers must be >= 0"),
         ({"compile": "yes"}, "compile must be True or False"),
-        ({"overwrite": 1}, "overwrite must be True or False"),
+        ({"overwrite": 2}, "overwrite must be True or False"),
         ({"key_added": ""}, "not a valid element name"),
         ({"bin_size_um": 0}, "bin_size_um must be > 0"),
         ({"precision": "half"}, "precision must be one of"),

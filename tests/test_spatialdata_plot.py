@@ -132,7 +132,9 @@ def test_plots_take_axes_and_return_them(resolved, monkeypatch):
     fig, axes = plt.subplots(1, 2)
     assert hx.pl.history(resolved, ax=axes[1]) is axes[1]  # into the axes given, no show
     assert axes[1].get_lines() and not axes[0].get_lines() and not shown
-    assert hx.pl.history(resolved) is None and shown == [True]  # its own figure: shown, nothing returned
+    open_figures = len(plt.get_fignums())
+    assert hx.pl.history(resolved) is None and shown == [True]  # its own figure: shown, nothing returned, closed
+    assert len(plt.get_fignums()) == open_figures
     ax = hx.pl.history(resolved, show=False)
     assert ax.figure is not fig and ax.get_lines()
     grid = hx.pl.genes(resolved, ["Epi_01", "Imm_01"], image=False, show=False)
@@ -157,3 +159,23 @@ def test_plots_take_axes_and_return_them(resolved, monkeypatch):
             call()
     plt.close("all")
     assert figure_of(grid) is grid[0, 0].figure
+
+
+def test_a_failed_patch_never_breaks_the_import(tmp_path, monkeypatch, caplog):
+    """The import hook runs the module's own loader, then the patch; a patch that fails is logged, not raised."""
+    from histex._compat import _PatchOnImport
+
+    (tmp_path / "histex_hook_probe.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def failing(module):
+        raise AttributeError("renamed upstream")
+
+    finder = _PatchOnImport("histex_hook_probe", failing)
+    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    with caplog.at_level("WARNING", logger="histex"):
+        import histex_hook_probe
+    assert histex_hook_probe.VALUE == 1 and finder not in sys.meta_path
+    assert "could not mend spatialdata-plot (renamed upstream)" in caplog.text
+    assert histex_hook_probe.__spec__.loader.get_filename("histex_hook_probe").endswith("histex_hook_probe.py")
+    sys.modules.pop("histex_hook_probe", None)

@@ -10,6 +10,7 @@ the final name would write them twice, so that one step renames the element's fo
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,21 +57,25 @@ def quiet_zarr_notices() -> Iterator[None]:
 
 
 class Staging:
-    """Elements of one run written to ``sdata``'s store under a staging name while their final name is taken.
+    """Elements of one run written to ``sdata``'s store under a staging name, put under their final names at the end.
 
-    :meth:`stage` writes an element; :meth:`commit` puts every staged element under its final name (replacing the
-    old one) and out of ``sdata`` (the writer then puts the element read from its final place back); :meth:`abort`
-    deletes what was staged. Until :meth:`commit`, the old elements are untouched, in memory and on disk.
+    :meth:`stage` writes an element under ``<key>`` + :data:`STAGING_SUFFIX`, so that an interrupted run never
+    leaves a half-written element under a name a reader trusts; :meth:`commit` moves each staged element to its
+    final name (an old element of that name goes aside first and is deleted only once the new one is in place) and
+    takes it out of ``sdata`` (the writer then puts the element read from its final place back); :meth:`abort`
+    deletes what is still staged. Until :meth:`commit`, the old elements are untouched, in memory and on disk.
     """
 
     def __init__(self, sdata):
         self.sdata = sdata
-        self.staged: dict[tuple[str, str], str] = {}  # (kind, final name) -> name on disk until commit
+        self.staged: dict[tuple[str, str], str] = {}  # (kind, final name) -> staging name, until committed
+        self._replaces: set[tuple[str, str]] = set()
 
     def stage(self, kind: str, key: str, element) -> str:
-        """Write ``element`` to the store, under ``key`` or, while ``key`` is taken, a staging name; returns the name."""
-        taken = key in getattr(self.sdata, kind) or f"{kind}/{key}" in self.sdata.elements_paths_on_disk()
-        staging = f"{key}{STAGING_SUFFIX}" if taken else key
+        """Write ``element`` to the store under ``key``'s staging name; returns that name."""
+        if key in getattr(self.sdata, kind) or f"{kind}/{key}" in self.sdata.elements_paths_on_disk():
+            self._replaces.add((kind, key))
+        staging = f"{key}{STAGING_SUFFIX}"
         drop_element(self.sdata, kind, staging, from_store=True)  # left over from an interrupted run
         getattr(self.sdata, kind)[staging] = element
         self.staged[(kind, key)] = staging
@@ -80,26 +85,44 @@ class Staging:
 
     def replaces(self, kind: str, key: str) -> bool:
         """Whether committing ``key`` replaces an element of that name."""
-        return self.staged.get((kind, key), key) != key
+        return (kind, key) in self._replaces
 
     def path(self, kind: str, key: str) -> Path:
         """Where ``key``'s element is in the store now: its staging folder until :meth:`commit`."""
         return Path(self.sdata.path) / kind / self.staged.get((kind, key), key)
 
     def commit(self) -> None:
-        """Put the staged elements under their final names, replacing the old ones, and take them out of ``sdata``."""
-        for (kind, key), staging in self.staged.items():
-            del getattr(self.sdata, kind)[staging]
-            if staging != key:
-                drop_element(self.sdata, kind, key, from_store=True)
-                folder = Path(self.sdata.path) / kind
-                (folder / staging).rename(folder / key)
-        self.staged = {}
+        """Put the staged elements under their final names, replacing the old ones, and take them out of ``sdata``.
+
+        Each element is moved on its own: the old one is renamed aside, the staged one takes its name, and only then
+        is the old one deleted, so that at every moment one complete element exists on disk under a known name.
+        """
+        folder = Path(self.sdata.path)
+        for (kind, key), staging in list(self.staged.items()):
+            elements = getattr(self.sdata, kind)
+            for name in (staging, key):
+                if name in elements:
+                    del elements[name]  # the in-memory elements read from these folders
+            aside = folder / kind / f"{key}{STAGING_SUFFIX}_replaced"
+            if (folder / kind / key).exists():
+                (folder / kind / key).rename(aside)
+            try:
+                (folder / kind / staging).rename(folder / kind / key)
+            except OSError:
+                if aside.exists():  # put the old element back under its name
+                    aside.rename(folder / kind / key)
+                raise
+            del self.staged[(kind, key)]  # committed: abort() must not touch it any more
+            if aside.exists():
+                try:
+                    self.sdata.delete_element_from_disk(aside.name)
+                except ValueError:  # not readable as an element (a half-written one): its folder goes all the same
+                    shutil.rmtree(aside, ignore_errors=True)
         if self.sdata.has_consolidated_metadata():
             self.sdata.write_consolidated_metadata()
 
     def abort(self) -> None:
-        """Delete what was staged; ``sdata`` and its store are as they were."""
-        for (kind, _), staging in self.staged.items():
+        """Delete what is still staged; ``sdata`` and its store keep the elements they had."""
+        for (kind, _), staging in list(self.staged.items()):
             drop_element(self.sdata, kind, staging, from_store=True)
         self.staged = {}

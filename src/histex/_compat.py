@@ -34,10 +34,12 @@ def patch_datashader_extent(render) -> None:
     """Wrap ``render._get_extent_and_range_for_datashader_canvas`` (once): on the missing-``"global"`` error, the
     canvas spans the bounds of the shapes it was given, which are already in the coordinate system drawn.
     """
+    import spatialdata_plot.pl.utils as utils
+
     original = getattr(render, "_get_extent_and_range_for_datashader_canvas", None)
-    if original is None or getattr(original, "histex_original", None) is not None:
-        return
-    from spatialdata_plot.pl.utils import _compute_datashader_canvas_params
+    canvas_params = getattr(utils, "_compute_datashader_canvas_params", None)
+    if original is None or canvas_params is None or getattr(original, "histex_original", None) is not None:
+        return  # another release: nothing of what this mends is there
 
     def extent_and_range(spatial_element, coordinate_system, fig_params):
         try:
@@ -47,7 +49,7 @@ def patch_datashader_extent(render) -> None:
                 raise
             logger.debug("spatialdata-plot#447: taking the datashader canvas from the shapes' bounds.")
             x0, y0, x1, y1 = (float(v) for v in spatial_element.total_bounds)
-            return _compute_datashader_canvas_params([x0, x1], [y0, y1], fig_params)
+            return canvas_params([x0, x1], [y0, y1], fig_params)
 
     extent_and_range.histex_original = original
     render._get_extent_and_range_for_datashader_canvas = extent_and_range
@@ -69,13 +71,26 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
             spec = find(fullname, path, target) if find is not None else None
             if spec is not None:
                 break
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        exec_module, patch = spec.loader.exec_module, self.patch
-
-        def exec_and_patch(module):
-            exec_module(module)
-            patch(module)
-
-        spec.loader.exec_module = exec_and_patch
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _PatchingLoader(spec.loader, self.patch)
         return spec
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """The module's own loader, and the patch run after it; a failed patch is logged, never raised."""
+
+    def __init__(self, loader, patch):
+        self.loader, self.patch = loader, patch
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        try:
+            self.patch(module)
+        except Exception as error:  # noqa: BLE001 - spatialdata-plot must import whatever the patch meets
+            logger.warning("histex could not mend spatialdata-plot (%s); it is used as it is.", error)
+
+    def __getattr__(self, name):  # get_source, get_filename, ... of the module's own loader
+        return getattr(self.loader, name)

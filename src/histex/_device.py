@@ -45,8 +45,8 @@ def resolve_precision(precision: str, device: torch.device, *, training: bool = 
 
 def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 in hardware."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # natively from Ampere (compute capability 8) on; older GPUs emulate it, slowly
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
         return amx or getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()

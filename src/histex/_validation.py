@@ -62,17 +62,17 @@ def check_number(
 
 def check_choice(name: str, value, choices: Collection, *, none_ok: bool = False):
     """``value`` if it is one of ``choices``."""
-    if (value is None and none_ok) or (isinstance(value, str | bool | numbers.Number) and value in choices):
-        return value
+    if (value is None and none_ok) or (isinstance(value, str | bool | np.bool_ | numbers.Number) and value in choices):
+        return value.item() if isinstance(value, np.generic) else value
     options = ", ".join(repr(c) for c in choices) + (" or None" if none_ok else "")
     raise ValueError(f"{name} must be one of {options}; got {value!r}.")
 
 
 def check_bool(name: str, value, *, none_ok: bool = False):
-    """``value`` if it is ``True`` or ``False`` (numpy booleans too)."""
+    """``value`` as ``True`` or ``False`` (numpy booleans, and the integers 0 and 1, too)."""
     if value is None and none_ok:
         return None
-    if isinstance(value, bool | np.bool_):
+    if isinstance(value, bool | np.bool_) or (isinstance(value, numbers.Integral) and value in (0, 1)):
         return bool(value)
     raise TypeError(f"{name} must be True or False{' or None' if none_ok else ''}, got {value!r}.")
 

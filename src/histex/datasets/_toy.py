@@ -228,7 +228,8 @@ def toy(
     bin_size_um = check_number("bin_size_um", bin_size_um, minimum=0, above=True)
     seed = check_seed(seed)
     programme_seed = None if programme_seed is None else check_seed(programme_seed, name="programme_seed")
-    if check_int("n_genes", n_genes, minimum=None) < len(_GROUPS):
+    n_genes = check_int("n_genes", n_genes, minimum=None)
+    if n_genes < len(_GROUPS):
         raise ValueError(f"n_genes must be at least {len(_GROUPS)} (one per gene group), got {n_genes}.")
     check_key("dataset_id", dataset_id)
     if dataset_id == "truth_bins":

@@ -8,6 +8,7 @@ import numpy as np
 
 from histex._docs import shared_docs
 from histex._tables import histex_record, layout, table_of
+from histex._validation import check_bool
 from histex.pl._cells import cell_layer, draw_cells, outline_cells
 from histex.pl._figure import finish, single_axes
 from histex.pl._genes import raster
@@ -81,6 +82,7 @@ def domains(
     full-resolution pixels: the H&E its first image, the cells a collection (a second image for a label image), the
     boundary cells outlined in black.
     """
+    check_bool("show", show, none_ok=True)
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
@@ -161,6 +163,7 @@ def history(
     -------
     The :class:`matplotlib.axes.Axes` (with ``show=False`` or ``ax``).
     """
+    check_bool("show", show, none_ok=True)
     table = table_of(sdata, table_key)
     try:
         record = histex_record(table, "history")

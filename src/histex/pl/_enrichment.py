@@ -7,7 +7,7 @@ import pandas as pd
 
 from histex._docs import shared_docs
 from histex._tables import table_of
-from histex._validation import check_choice, check_int
+from histex._validation import check_bool, check_choice, check_int
 from histex.pl._figure import finish, single_axes
 
 KINDS = ("dot", "heatmap")
@@ -90,6 +90,7 @@ def enrichment(
     The :class:`matplotlib.axes.Axes` of the plot (with ``show=False`` or ``ax``); its colour bar is the figure's
     last axes.
     """
+    check_bool("show", show, none_ok=True)
     import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize
     from matplotlib.lines import Line2D

@@ -42,17 +42,24 @@ def grid_axes(ax, n_rows: int, n_cols: int, panel_size: float, *, what: str):
 
 def finish(fig, axes, *, given: bool, show: bool | None, save):
     """Save the figure, then show it (``show=None``: when the plot made its own figure) and return ``None``, or
-    return ``axes`` to draw on.
+    return ``axes`` to draw on. A figure the plot made and showed is closed, so that plots in a loop of a script
+    (where showing does nothing) do not pile up.
     """
+    import warnings
+
     import matplotlib.pyplot as plt
 
     show = not given if show is None else check_bool("show", show)
     if save is not None:
         fig.savefig(save, dpi=120, bbox_inches="tight")
-    if show:
+    if not show:
+        return axes
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*non-interactive.*", category=UserWarning)
         plt.show()
-        return None
-    return axes
+    if not given:
+        plt.close(fig)
+    return None
 
 
 def _figsize(figsize) -> tuple[float, float]:

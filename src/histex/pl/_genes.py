@@ -9,7 +9,7 @@ import pandas as pd
 
 from histex._docs import shared_docs
 from histex._tables import SPREAD_LAYER, histex_record, layout, table_of
-from histex._validation import check_genes
+from histex._validation import check_bool, check_genes
 from histex.pl._cells import cell_layer, draw_cells
 from histex.pl._figure import finish, grid_axes
 from histex.pl._underlay import check_alpha, draw_underlay, underlay
@@ -101,6 +101,7 @@ def genes(
     -------
     The axes, a ``(genes, panels)`` array (with ``show=False`` or ``ax``).
     """
+    check_bool("show", show, none_ok=True)
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Circle
 
@@ -286,6 +287,7 @@ def uncertainty(
     -------
     The axes, a ``(genes, panels)`` array (with ``show=False`` or ``ax``).
     """
+    check_bool("show", show, none_ok=True)
     from histex.model.trust import interval_layers
 
     table = table_of(sdata, table_key)

@@ -48,6 +48,7 @@ def reliability(
     -------
     The :class:`matplotlib.axes.Axes` of the ranking (with ``show=False`` or ``ax``).
     """
+    check_bool("show", show, none_ok=True)
     table = table_of(sdata, table_key)
     panel_size = check_number("panel_size", panel_size, minimum=0, above=True)
     check_bool("label_genes", label_genes, none_ok=True)
