@@ -65,6 +65,11 @@ def test_pseudo_spots_lie_on_the_tissue_and_sum_their_disks():
     assert spot.mean() == pytest.approx(np.pi * 3.4375**2, abs=1)  # 37 bins on average, 32-40 by position
     with pytest.raises(ValueError, match="tissue has shape"):
         hx.sim.hex_spots(tissue[:10], grid, mpp)
+    # a finer map than the bins: a function of the centres in µm; here the left 401 µm, which is one bin's width
+    # more than the mask's 50 bins (400 µm): the sites kept are those of the mask plus the ones in that sliver
+    fine, fine_rc = hx.sim.hex_spots(lambda xy_um: xy_um[:, 0] < 401.0, grid, mpp)
+    assert {tuple(rc) for rc in array_rc} <= {tuple(rc) for rc in fine_rc}
+    assert (fine[:, 0] * mpp < 401.0).all() and len(fine) >= len(xy)
 
 
 def nuclei_frame(classes, centres, radius=6.0):

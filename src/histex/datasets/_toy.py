@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, sparse
 
-from histex._sdata import bin_elements
 from histex._validation import check_int, check_key, check_number, check_seed
 from histex.geometry import VISIUM_PITCH_UM, VISIUM_SPOT_DIAMETER_UM, BinGrid, hex_lattice
 from histex.sim._hidden import gradient_field
-from histex.sim._pseudo import sum_into_spots
+from histex.sim._layout import visium_like
+from histex.sim._pseudo import hex_spots, sum_into_spots
 from histex.sim._stain import check_factor, vary_stain
 
 if TYPE_CHECKING:
@@ -281,7 +281,12 @@ def toy(
         counts=sparse.csr_matrix(counts[keep].astype(np.float32)),
     )
 
-    spot_xy_px, array_rc = _spots(lab, grid, mpp, shape_f, h_um, w_um, lattice_offset)
+    def in_tissue(xy_um: np.ndarray) -> np.ndarray:  # the label at the site's centre, on the 1 µm map
+        iy = np.clip(xy_um[:, 1].astype(int), 0, shape_f[0] - 1)
+        ix = np.clip(xy_um[:, 0].astype(int), 0, shape_f[1] - 1)
+        return lab[iy, ix] != _BG
+
+    spot_xy_px, array_rc = hex_spots(in_tissue, grid, mpp, offset_um=lattice_offset)
     if len(spot_xy_px) == 0:
         raise ValueError(f"No spot fits in the tissue of a {h_um} x {w_um} µm section; make it larger.")
     spot_counts = sum_into_spots(
@@ -668,37 +673,6 @@ class _TruthBins:
 # --- spots -----------------------------------------------------------------------------------------------------------
 
 
-def _spots(
-    lab: np.ndarray,
-    grid: BinGrid,
-    mpp: float,
-    shape_f: tuple[int, int],
-    h_um: float,
-    w_um: float,
-    offset: tuple[float, float],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Centres in pixels ``(x, y)`` and Visium ``(array_row, array_col)`` of the lattice sites that are kept."""
-    pitch = VISIUM_PITCH_UM
-    dy = pitch * np.sqrt(3) / 2
-    xy_um = hex_lattice(w_um, h_um, pitch=pitch, offset=offset)
-    row = np.rint((xy_um[:, 1] - offset[1]) / dy).astype(np.int64)
-    col = np.rint((xy_um[:, 0] - offset[0] - (row % 2) * pitch / 2) / pitch).astype(np.int64)
-    array_rc = np.stack([row, 2 * col + row % 2], axis=1)
-
-    xy_px = xy_um / mpp
-    r_px = VISIUM_SPOT_DIAMETER_UM / 2 / mpp
-    in_bins = (
-        (xy_px[:, 0] - r_px >= 0)
-        & (xy_px[:, 1] - r_px >= 0)
-        & (xy_px[:, 0] + r_px <= grid.n_cols * grid.bin_px)
-        & (xy_px[:, 1] + r_px <= grid.n_rows * grid.bin_px)
-    )
-    iy = np.clip(xy_um[:, 1].astype(int), 0, shape_f[0] - 1)
-    ix = np.clip(xy_um[:, 0].astype(int), 0, shape_f[1] - 1)
-    keep = in_bins & (lab[iy, ix] != _BG)
-    return xy_px[keep], array_rc[keep]
-
-
 # --- image -----------------------------------------------------------------------------------------------------------
 
 
@@ -819,94 +793,38 @@ def _assemble(
     rates: np.ndarray,
     params: dict,
 ) -> SpatialData:
-    """Wrap the arrays in SpatialData elements laid out as :func:`spatialdata_io.visium` does."""
-    import anndata as ad
-    import xarray as xr
-    from spatialdata import SpatialData
-    from spatialdata.models import Image2DModel, ShapesModel, TableModel
-    from spatialdata.transformations import Identity
-
-    def identity():
-        return {dataset_id: Identity()}
-
-    images = {
-        f"{dataset_id}_full_image": Image2DModel.parse(
-            xr.DataArray(image, dims=("c", "y", "x")),
-            c_coords=["r", "g", "b"],
-            scale_factors=[2, 2],
-            transformations=identity(),
-        )
-    }
-
-    # Spots.
-    n_spots = len(spot_xy_px)
-    spot_id = np.arange(n_spots)
-    radius_px = VISIUM_SPOT_DIAMETER_UM / 2 / mpp
-    width = max(5, len(str(n_spots)))
+    """The section as :func:`histex.sim.visium_like` lays it out, with the toy's own record of its truth."""
     var = pd.DataFrame(
-        {
-            "gene_ids": [f"TOYG{i:05d}" for i in range(len(names))],
-            "feature_types": "Gene Expression",
-            "genome": "toy",
-        },
+        {"gene_ids": [f"TOYG{i:05d}" for i in range(len(names))], "feature_types": "Gene Expression", "genome": "toy"},
         index=pd.Index(names),
     )
-    obs = pd.DataFrame(
-        {
-            "in_tissue": np.ones(n_spots, dtype=np.int64),
-            "array_row": array_rc[:, 0],
-            "array_col": array_rc[:, 1],
-            "spot_id": spot_id,
-            "region": pd.Categorical([dataset_id] * n_spots),
-        },
-        index=pd.Index([f"spot_{i:0{width}d}" for i in spot_id]),
-    )
-    table = ad.AnnData(X=spot_counts, obs=obs, var=var)
-    table.obsm["spatial"] = spot_xy_px
-    table.uns["spatial"] = {
-        dataset_id: {
-            "scalefactors": {
-                "spot_diameter_fullres": VISIUM_SPOT_DIAMETER_UM / mpp,
-                "fiducial_diameter_fullres": VISIUM_SPOT_DIAMETER_UM / mpp * 1.6153846,
-                "tissue_hires_scalef": 1.0,
-                "tissue_lowres_scalef": 1.0,
-            }
-        }
-    }
-    circles = ShapesModel.parse(spot_xy_px, geometry=0, radius=radius_px, index=spot_id, transformations=identity())
-
-    # Ground truth.
-    n_bins = len(truth.rows)
-    squares, truth_obs = bin_elements(grid, truth.rows, truth.cols, region="truth_bins", transformations=identity())
-    comp = np.zeros((n_bins, len(COMPARTMENTS)))
+    comp = np.zeros((len(truth.rows), len(COMPARTMENTS)))
     np.add.at(comp.T, _CODE_TO_COMPARTMENT, truth.fractions.T)
     tumour_a, tumour_b = truth.fractions[:, _TUM_A], truth.fractions[:, _TUM_B]
     clone = np.where(tumour_a + tumour_b == 0, "none", np.where(tumour_a >= tumour_b, "A", "B"))
-    bin_names = truth_obs.index
     tissue_fraction = 1.0 - comp[:, 0]
-    truth_obs["tissue_fraction"] = tissue_fraction
-    truth_obs["in_tissue"] = tissue_fraction >= 0.5
-    truth_obs["compartment"] = pd.Categorical.from_codes(np.argmax(comp, axis=1), categories=list(COMPARTMENTS))
-    truth_obs["clone"] = pd.Categorical(clone, categories=["none", "A", "B"])
-    truth_obs["gradient"] = truth.gradient
+    truth_obs = pd.DataFrame(
+        {
+            "tissue_fraction": tissue_fraction,
+            "in_tissue": tissue_fraction >= 0.5,
+            "compartment": pd.Categorical.from_codes(np.argmax(comp, axis=1), categories=list(COMPARTMENTS)),
+            "clone": pd.Categorical(clone, categories=["none", "A", "B"]),
+            "gradient": truth.gradient,
+        }
+    )
+    sdata = visium_like(
+        dataset_id=dataset_id, image=image, mpp=mpp, grid=grid, spot_xy_px=spot_xy_px, array_rc=array_rc,
+        spot_counts=spot_counts, var=var, truth_rows=truth.rows, truth_cols=truth.cols, truth_counts=truth.counts,
+        truth_obs=truth_obs,
+        # as Space Ranger before 2.0 writes them: no pixel size, so that histex derives it from the spot lattice
+        scalefactors={"microns_per_pixel": None, "fiducial_diameter_fullres": VISIUM_SPOT_DIAMETER_UM / mpp * 1.6153846},
+    )  # fmt: skip
+    table = sdata.tables["truth"]
+    table.var["group"] = pd.Categorical(groups, categories=[g[0] for g in _GROUPS])
+    table.layers["expected"] = truth.expected
+    table.obsm["compartment_fractions"] = pd.DataFrame(comp, index=table.obs_names, columns=list(COMPARTMENTS))
     programmes = rates[[_BG, _STR, _EPI, _LUM, _IMM, _TUM_A]].copy()
     programmes[-1] = np.maximum(rates[_TUM_A], rates[_TUM_B])
-    truth_var = var.copy()
-    truth_var["group"] = pd.Categorical(groups, categories=[g[0] for g in _GROUPS])
-    truth_table = ad.AnnData(X=truth.counts, obs=truth_obs, var=truth_var)
-    truth_table.layers["expected"] = truth.expected
-    truth_table.obsm["spatial"] = grid.centres_px(truth.rows, truth.cols)
-    truth_table.obsm["compartment_fractions"] = pd.DataFrame(comp, index=bin_names, columns=list(COMPARTMENTS))
-    truth_table.uns["programmes"] = pd.DataFrame(programmes, index=list(COMPARTMENTS), columns=names)
-    truth_table.uns["toy"] = params
-
-    return SpatialData(
-        images=images,
-        shapes={dataset_id: circles, "truth_bins": squares},
-        tables={
-            "table": TableModel.parse(table, region=dataset_id, region_key="region", instance_key="spot_id"),
-            "truth": TableModel.parse(
-                truth_table, region="truth_bins", region_key="region", instance_key="instance_id"
-            ),
-        },
-    )
+    table.uns["programmes"] = pd.DataFrame(programmes, index=list(COMPARTMENTS), columns=names)
+    table.uns["toy"] = params
+    return sdata

@@ -28,6 +28,7 @@ def visium_like(
     truth_counts,
     truth_obs: pd.DataFrame | None = None,
     transformations: dict | None = None,
+    scalefactors: dict | None = None,
 ):
     """Wrap spots and ground-truth bins in SpatialData elements.
 
@@ -52,6 +53,9 @@ def visium_like(
         Extra per-bin columns of the truth table (``in_tissue`` at least, or all bins count as tissue).
     transformations
         Of the image, the spots and the truth bins; an ``Identity`` to ``dataset_id`` by default.
+    scalefactors
+        Entries that replace or add to the spot table's ``uns["spatial"][dataset_id]["scalefactors"]``; an entry
+        set to ``None`` is left out (e.g. ``{"microns_per_pixel": None}``, as Space Ranger before 2.0 writes them).
 
     Returns
     -------
@@ -91,16 +95,14 @@ def visium_like(
     )
     table = ad.AnnData(X=sp.csr_matrix(spot_counts, dtype=np.float32), obs=obs, var=var.copy())
     table.obsm["spatial"] = np.asarray(spot_xy_px, dtype=float)
-    table.uns["spatial"] = {
-        dataset_id: {
-            "scalefactors": {
-                "spot_diameter_fullres": VISIUM_SPOT_DIAMETER_UM / mpp,
-                "microns_per_pixel": float(mpp),
-                "tissue_hires_scalef": 1.0,
-                "tissue_lowres_scalef": 1.0,
-            }
-        }
+    factors = {
+        "spot_diameter_fullres": VISIUM_SPOT_DIAMETER_UM / mpp,
+        "microns_per_pixel": float(mpp),
+        "tissue_hires_scalef": 1.0,
+        "tissue_lowres_scalef": 1.0,
+        **(scalefactors or {}),
     }
+    table.uns["spatial"] = {dataset_id: {"scalefactors": {k: v for k, v in factors.items() if v is not None}}}
     radius_px = VISIUM_SPOT_DIAMETER_UM / 2 / mpp
     circles = ShapesModel.parse(
         np.asarray(spot_xy_px, dtype=float), geometry=0, radius=radius_px, index=spot_id, transformations=transforms()
@@ -109,7 +111,7 @@ def visium_like(
     squares, bins_obs = bin_elements(grid, truth_rows, truth_cols, region="truth_bins", transformations=transforms())
     if truth_obs is not None:
         for column in truth_obs.columns:
-            bins_obs[column] = np.asarray(truth_obs[column])
+            bins_obs[column] = truth_obs[column].array  # by position, dtype kept (categories stay categories)
     if "in_tissue" not in bins_obs:
         bins_obs["in_tissue"] = True
     truth = ad.AnnData(X=sp.csr_matrix(truth_counts, dtype=np.float32), obs=bins_obs, var=var.copy())

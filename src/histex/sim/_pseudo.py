@@ -17,7 +17,7 @@ from histex.geometry import (
 
 
 def hex_spots(
-    tissue: np.ndarray,
+    tissue,
     grid: BinGrid,
     mpp: float,
     *,
@@ -25,12 +25,14 @@ def hex_spots(
     pitch_um: float = VISIUM_PITCH_UM,
     diameter_um: float = VISIUM_SPOT_DIAMETER_UM,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Lattice sites whose centre bin is tissue and whose disk lies on the bin grid.
+    """Lattice sites whose centre is in tissue and whose disk lies on the bin grid.
 
     Parameters
     ----------
     tissue
-        ``(n_rows, n_cols)`` boolean tissue mask on the grid.
+        ``(n_rows, n_cols)`` boolean tissue mask on the grid (a site is kept when its centre's bin is tissue), or a
+        function of the sites' centres ``(n, 2)`` ``(x, y)`` in µm that returns which lie in tissue (a finer
+        map than the bins).
     grid
         The bin grid of the image.
     mpp
@@ -47,9 +49,10 @@ def hex_spots(
     array_rc
         ``(n_spots, 2)`` Visium ``(array_row, array_col)``: rows step by one, columns by two, odd rows offset by one.
     """
-    tissue = np.asarray(tissue, bool)
-    if tissue.shape != grid.shape:
-        raise ValueError(f"tissue has shape {tissue.shape}, the bin grid {grid.shape}.")
+    if not callable(tissue):
+        tissue = np.asarray(tissue, bool)
+        if tissue.shape != grid.shape:
+            raise ValueError(f"tissue has shape {tissue.shape}, the bin grid {grid.shape}.")
     h_um, w_um = grid.n_rows * grid.bin_px * mpp, grid.n_cols * grid.bin_px * mpp
     offset = offset_um if offset_um is not None else (pitch_um / 2, pitch_um / 2)
     xy_um = hex_lattice(w_um, h_um, pitch=pitch_um, offset=offset)
@@ -63,9 +66,13 @@ def hex_spots(
     on_grid = (xy_um[:, 0] >= r_um) & (xy_um[:, 1] >= r_um) & (xy_um[:, 0] <= w_um - r_um)
     on_grid &= xy_um[:, 1] <= h_um - r_um
     xy_px = xy_um / mpp
-    r_bin = np.clip((xy_px[:, 1] / grid.bin_px).astype(np.int64), 0, grid.n_rows - 1)
-    c_bin = np.clip((xy_px[:, 0] / grid.bin_px).astype(np.int64), 0, grid.n_cols - 1)
-    keep = on_grid & tissue[r_bin, c_bin]
+    if callable(tissue):
+        in_tissue = np.asarray(tissue(xy_um), bool)
+    else:
+        r_bin = np.clip((xy_px[:, 1] / grid.bin_px).astype(np.int64), 0, grid.n_rows - 1)
+        c_bin = np.clip((xy_px[:, 0] / grid.bin_px).astype(np.int64), 0, grid.n_cols - 1)
+        in_tissue = tissue[r_bin, c_bin]
+    keep = on_grid & in_tissue
     return xy_px[keep], array_rc[keep]
 
 
