@@ -2,10 +2,10 @@
 new elements so that an interrupted run never replaces what was there.
 
 Writers that stream into the store (feature maps, super-resolved bins) write their elements with spatialdata's
-``write_element`` under a name with :data:`STAGING_SUFFIX` while the final name is taken (:class:`Staging`), and
-put them in place only when complete: the old element is deleted with ``delete_element_from_disk`` and the staged
-one takes its name. spatialdata has no way to rename an element on disk, and copying a whole slide's arrays under
-the final name would write them twice, so that one step renames the element's folder in the store.
+``write_element`` under a name with :data:`STAGING_SUFFIX` (:class:`Staging`), and put them in place only when
+complete: an old element of the name is renamed aside, the staged one takes its name, and the old one is then
+deleted with ``delete_element_from_disk``. spatialdata has no way to rename an element on disk, and copying a whole
+slide's arrays under the final name would write them twice, so those steps rename the elements' folders.
 """
 
 from __future__ import annotations

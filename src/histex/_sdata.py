@@ -14,7 +14,7 @@ import pandas as pd
 from anndata import AnnData
 
 from histex import geometry
-from histex._validation import warn_user
+from histex._validation import check_number, warn_user
 
 logger = logging.getLogger(__name__)
 
@@ -242,11 +242,9 @@ def check_spots_in_image(spots: Spots, shape_yx: tuple[int, int], image_key: str
         )
 
 
-def check_mpp(mpp: float) -> float:
-    """A user's pixel size, validated."""
-    if not np.isfinite(mpp) or mpp <= 0:
-        raise ValueError(f"mpp must be a positive number of microns per pixel, got {mpp!r}.")
-    return float(mpp)
+def check_mpp(mpp: float, name: str = "mpp") -> float:
+    """A pixel size in microns per pixel, validated: a finite number above 0."""
+    return check_number(name, mpp, minimum=0, above=True)
 
 
 def infer_mpp(
@@ -270,7 +268,8 @@ def infer_mpp(
     if mpp is not None:
         value, source = check_mpp(mpp), "given"
     elif "microns_per_pixel" in (scalefactors := _scalefactors(spots.table)):
-        value, source = check_mpp(float(scalefactors["microns_per_pixel"])), "scalefactors['microns_per_pixel']"
+        source = "scalefactors['microns_per_pixel']"
+        value = check_mpp(float(scalefactors["microns_per_pixel"]), name=source)
     elif on_lattice:
         return float(mpp_lattice), f"spot lattice pitch ({pitch_px:.2f} px = {pitch_um:g} µm)"
     else:

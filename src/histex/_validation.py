@@ -50,13 +50,14 @@ def check_number(
     """``value`` as a finite ``float`` within the bounds (``above``/``below``: the bound itself is excluded)."""
     if value is None and none_ok:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) == float(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number{' or None' if none_ok else ''}, got {value!r}.")
     value = float(value)
     low_bad = minimum is not None and (value <= minimum if above else value < minimum)
     high_bad = maximum is not None and (value >= maximum if below else value > maximum)
-    if low_bad or high_bad or abs(value) == float("inf"):
-        raise ValueError(f"{name} must be {_range(minimum, maximum, above, below)}, got {value}.")
+    if low_bad or high_bad or not np.isfinite(value):
+        finite = "" if np.isfinite(value) or (minimum is None and maximum is None) else "finite and "
+        raise ValueError(f"{name} must be {finite}{_range(minimum, maximum, above, below)}, got {value}.")
     return value
 
 

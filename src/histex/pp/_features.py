@@ -133,14 +133,13 @@ def extract_features(
     for name, value in (("compile", compile), ("overwrite", overwrite), ("show_progress", show_progress)):
         check_bool(name, value)
     check_key("key_added", key_added, none_ok=True)
-    check_number("mpp", mpp, minimum=0, above=True, none_ok=True)
+    mpp = check_number("mpp", mpp, minimum=0, above=True, none_ok=True)
     if mpp is None:
         section = _sdata.read_section(sdata, image_key=image_key, spots_key=spots_key, table_key=table_key)
         image_key, mpp = section.image_key, section.mpp
         logger.info("Pixel size %.4f µm/px, from the %s.", mpp, section.mpp_source)
     else:
         image_key = _sdata.find_image_key(sdata, image_key)
-        mpp = _sdata.check_mpp(mpp)
     image_element = sdata.images[image_key]
     source = image_source(image_element, mpp)
     torch_device = resolve_device(device)

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from scipy import ndimage
 
 from histex._sdata import (
+    check_mpp,
     choices_text,
     common_coordinate_system,
     element_transformations,
@@ -18,7 +19,7 @@ from histex._sdata import (
     image_array,
     to_image_pixels,
 )
-from histex._validation import warn_user
+from histex._validation import check_number, warn_user
 from histex.geometry import BinGrid, cell_bin_weights
 from histex.sim._layout import visium_like
 from histex.sim._pseudo import pseudo_visium
@@ -153,8 +154,7 @@ def from_visium_hd(
     """
     import shapely
 
-    if not np.isfinite(bin_size_um) or bin_size_um <= 0:
-        raise ValueError(f"bin_size_um must be a positive number of microns, got {bin_size_um!r}.")
+    bin_size_um = check_number("bin_size_um", bin_size_um, minimum=0, above=True)
     name, table_key, square_um = _resolve_source(sdata, source)
     if square_um > bin_size_um:
         raise ValueError(
@@ -184,9 +184,7 @@ def from_visium_hd(
             raise ValueError(f"The {name} squares have no area on the image; pass mpp=<microns per pixel>.")
         mpp, mpp_source = mpp_squares, f"{name} side ({side_px:.3f} px = {square_um:g} µm)"
     else:
-        if not np.isfinite(mpp) or mpp <= 0:
-            raise ValueError(f"mpp must be a positive number of microns per pixel, got {mpp!r}.")
-        mpp, mpp_source = float(mpp), "given"
+        mpp, mpp_source = check_mpp(mpp), "given"
         if abs(mpp / mpp_squares - 1) > 0.05:
             warn_user(
                 f"mpp {mpp:.4f} µm/px disagrees with the {name} squares ({mpp_squares:.4f} µm/px); using the given "

@@ -24,7 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import ndimage
 
-from histex._sdata import choices_text, element_transformations, image_array, to_image_pixels
+from histex._sdata import check_mpp, choices_text, element_transformations, image_array, to_image_pixels
 from histex._validation import warn_user
 from histex.cells import cell_polygons
 from histex.geometry import BinGrid, apply_affine, cell_bin_weights, points_to_bins
@@ -101,8 +101,7 @@ def _mpp_from(affine: np.ndarray, mpp: float | None) -> float:
     singular = np.linalg.svd(affine[:2, :2], compute_uv=False)
     derived = 1.0 / float(np.sqrt(abs(np.linalg.det(affine[:2, :2]))))
     if mpp is not None:
-        if not np.isfinite(mpp) or mpp <= 0:
-            raise ValueError(f"mpp must be a positive number of microns per pixel, got {mpp!r}.")
+        mpp = check_mpp(mpp)
         if abs(mpp / derived - 1) > 0.05:
             warn_user(
                 f"mpp={mpp:.4f} given, but the transformations give {derived:.4f} µm per H&E pixel (if the cells are "

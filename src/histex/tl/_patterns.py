@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from histex import _sdata
-from histex._tables import bin_table, check_layer, histex_record
+from histex._tables import bin_table, check_layer, histex_record, table_of
 from histex._validation import check_choice, check_key
 from histex.expression import log_normalised
 from histex.tl._trust import select_genes
@@ -151,8 +151,8 @@ def _spots_source(sdata, table, spots_table_key: str | None) -> tuple[str | None
                 f"pass spots_table_key=... (tables: {', '.join(map(repr, sdata.tables))})."
             )
         spots_table_key = recorded
-    elif spots_table_key not in sdata.tables:
-        raise KeyError(f"No table {spots_table_key!r}; tables: {', '.join(map(repr, sdata.tables))}.")
+    else:
+        table_of(sdata, spots_table_key)  # a KeyError that lists the tables, when it is not there
     layer = None
     if spots_table_key == recorded:  # read the spots as super_resolve did
         layer = _sdata.fitted_layer(table)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from histex._tables import SPREAD_LAYER, histex_record
+from histex._tables import SPREAD_LAYER, histex_record, table_of
 from histex._validation import check_genes, check_number
 from histex.model import trust
 
@@ -67,9 +67,7 @@ def predictive_interval(sdata, *, table_key: str = "histex", level: float = trus
         they are dask arrays, computed when read (write them with :meth:`spatialdata.SpatialData.write_element`).
     """
     level = check_number("level", level, minimum=0, maximum=1, above=True, below=True)
-    if table_key not in sdata.tables:
-        raise KeyError(f"No table {table_key!r}; tables: {list(sdata.tables)}.")
-    table = sdata.tables[table_key]
+    table = table_of(sdata, table_key)
     if SPREAD_LAYER not in table.layers or "dispersion" not in table.var:
         raise ValueError(
             f"Table {table_key!r} has no layers[{SPREAD_LAYER!r}] and var['dispersion']: it is not a table of "
