@@ -155,6 +155,35 @@ def test_exact_pixel_centres_holes_and_overlaps():
     np.testing.assert_array_equal(strip, out[5:9])
 
 
+def test_label_image_paints_as_the_polygons(painted):
+    """A raster of the regions (here at 1 µm under 0.5 µm pixels) paints the same image as their polygons."""
+    nuclei, _ = _section()
+    labels = np.zeros((150, 200), np.int16)
+    labels[STROMA[1] // 2 : STROMA[3] // 2, STROMA[0] // 2 : STROMA[2] // 2] = 1
+    labels[FAT[1] // 2 : FAT[3] // 2, FAT[0] // 2 : FAT[2] // 2] = 2
+    regions = hx.sim.TissueLabels(labels, ("stroma", "omental_fat"), scale=2)
+    np.testing.assert_array_equal(paint(nuclei, regions), painted)
+
+
+def test_shades_replace_and_add_classes(painted):
+    nuclei, tissue = _section()
+    flat = paint(nuclei, tissue, tissue_shades={"stroma": (0.0, 0.55, 0.0, 0.0, 0.0)})
+    # no texture and no collagen: the stroma between the nuclei is one colour, where the built-in one has fibres
+    x0, y0, x1, y1 = STROMA
+    stroma = np.zeros(painted.shape[:2], bool)
+    stroma[y0 + 2 : y1 - 2, x0 + 2 : x1 - 2] = True
+    stroma &= (painted.astype(int).sum(axis=2) > 500) & (flat.astype(int).sum(axis=2) > 500)
+    assert flat[stroma].std(axis=0).max() < 2.0 < painted[stroma].std(axis=0).max()
+    # an unknown nucleus class takes the medium purple; given a look, it takes that one
+    lymphoid = nuclei.assign(class_name="lymphoid")
+    default = paint(lymphoid, tissue)
+    dark = paint(lymphoid, tissue, nucleus_shades={"lymphoid": (2.4, 0.1, 0.0, 0.0, 0.0)})
+    for centre in INFLAMMATORY:
+        assert _disc_mean(dark, centre, 4).sum() < _disc_mean(default, centre, 4).sum() - 100
+    # the fat, whose look was not replaced, is painted as before
+    np.testing.assert_array_equal(flat[30:210, 250:370], painted[30:210, 250:370])
+
+
 def test_bad_input():
     nuclei, tissue = _section()
     with pytest.raises(ValueError, match="nuclei have no 'cell_type' column"):
@@ -169,6 +198,16 @@ def test_bad_input():
         hx.sim.paint_he(nuclei, tissue, bounds=(100, 0, 50, 100))
     with pytest.raises(ValueError, match="mpp must be positive"):
         hx.sim.paint_he(nuclei, tissue, mpp=0)
+    with pytest.raises(ValueError, match=r"tissue_shades\['stroma'\] must be five finite numbers >= 0"):
+        hx.sim.paint_he(nuclei, tissue, tissue_shades={"stroma": (0.1, 0.5, 0.0, 0.2)})
+    with pytest.raises(ValueError, match=r"nucleus_shades\['neoplastic'\] must be five finite numbers >= 0"):
+        hx.sim.paint_he(nuclei, tissue, nucleus_shades={"neoplastic": (-1, 0, 0, 0, 0)})
+    with pytest.raises(ValueError, match=r"labels must lie in 0..1"):
+        hx.sim.TissueLabels(np.full((4, 4), 2), ("stroma",))
+    with pytest.raises(ValueError, match="labels must be a 2-D integer array"):
+        hx.sim.TissueLabels(np.zeros((4, 4)), ("stroma",))
+    with pytest.raises(ValueError, match="scale must be a positive number"):
+        hx.sim.TissueLabels(np.zeros((4, 4), int), ("stroma",), scale=0)
 
 
 def test_hgsc_wsi_needs_its_files(tmp_path):

@@ -7,6 +7,9 @@ frame is painted in strips of rows, so memory is the output (3 bytes/px) plus ab
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
@@ -18,18 +21,18 @@ _EOSIN = np.array([0.08, 1.00, 0.50], dtype=np.float32)
 _BLOOD = np.array([0.10, 1.30, 1.10], dtype=np.float32)
 _GLASS = np.array([243.0, 242.0, 246.0], dtype=np.float32)
 
-# Tissue class: (haematoxylin, eosin, blood, texture amplitude). Unknown classes, and tissue guessed from the
-# nuclei, take _DEFAULT_TISSUE (a stroma-like pink).
+# Tissue class: (haematoxylin, eosin, blood, texture amplitude, collagen fibres). Unknown classes, and tissue guessed
+# from the nuclei, take _DEFAULT_TISSUE (a stroma-like pink).
 _TISSUE = {
-    "stroma": (0.04, 0.55, 0.0, 0.20),
-    "tumor": (0.28, 0.30, 0.0, 0.18),  # cytoplasm purple-pink, as around the tumour nuclei of hgsc_nest
-    "omental_fat": (0.0, 0.02, 0.0, 0.0),  # vacuoles; their walls are added as a pattern
-    "hemorragia": (0.02, 0.25, 0.30, 0.20),  # red cells are added as a pattern
-    "necrosis": (0.16, 0.22, 0.0, 0.35),
-    "serum": (0.01, 0.15, 0.0, 0.10),
+    "stroma": (0.04, 0.55, 0.0, 0.20, 1.0),
+    "tumor": (0.28, 0.30, 0.0, 0.18, 0.0),  # cytoplasm purple-pink, as around the tumour nuclei of hgsc_nest
+    "omental_fat": (0.0, 0.02, 0.0, 0.0, 0.0),  # vacuoles; their walls are added as a pattern
+    "hemorragia": (0.02, 0.25, 0.30, 0.20, 0.0),  # red cells are added as a pattern
+    "necrosis": (0.16, 0.22, 0.0, 0.35, 0.0),
+    "serum": (0.01, 0.15, 0.0, 0.10, 0.0),
 }
-_DEFAULT_TISSUE = (0.06, 0.45, 0.0, 0.20)
-_PATTERNS = {"stroma": 1, "omental_fat": 2, "hemorragia": 3, "necrosis": 4}
+_DEFAULT_TISSUE = (0.06, 0.45, 0.0, 0.20, 0.0)
+_PATTERNS = {"omental_fat": 2, "hemorragia": 3, "necrosis": 4}
 
 # Nucleus class: (haematoxylin, eosin, chromatin speckle, rim, nucleolus probability). Lymphocytes are small,
 # dense and dark; tumour nuclei large and vesicular (paler, coarse chromatin, a dark membrane, nucleoli);
@@ -58,6 +61,42 @@ _BLUR_UM = 0.35  # optical blur
 _STRIP_PX = 2**19  # pixels per strip: bounds the temporaries (about 40 float planes of a strip)
 
 
+@dataclass(frozen=True)
+class TissueLabels:
+    """Tissue regions as a label image, the ``tissue`` of :func:`paint_he` where regions come as a raster.
+
+    Parameters
+    ----------
+    labels
+        2-D integer array: 0 where there is no tissue, ``k`` where the class is ``classes[k - 1]``.
+    classes
+        Class names of the labels 1, 2, ...
+    scale
+        Painted pixels per label pixel along each axis: label pixel ``(i, j)`` covers the painted frame from
+        ``(j * scale, i * scale)`` (a map at 1 µm under a frame at 0.5 µm/px: ``scale=2``).
+    """
+
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    scale: float = 1.0
+
+    def __post_init__(self):
+        labels = np.asarray(self.labels)
+        if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be a 2-D integer array, got {labels.dtype} of shape {labels.shape}.")
+        if labels.size and (labels.min() < 0 or labels.max() > len(self.classes)):
+            raise ValueError(f"labels must lie in 0..{len(self.classes)} (one class per label), got {labels.max()}.")
+        if not (np.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be a positive number, got {self.scale!r}.")
+
+    def rows(self, y0: float, y1: float, x0: float, width: int) -> np.ndarray:
+        """Labels (``int32``) at the centres of painted rows ``y0:y1`` and ``width`` columns from ``x0``."""
+        n_rows, n_cols = self.labels.shape
+        i = np.clip(np.floor((np.arange(y0, y1) + 0.5) / self.scale).astype(np.intp), 0, n_rows - 1)
+        j = np.clip(np.floor((x0 + np.arange(width) + 0.5) / self.scale).astype(np.intp), 0, n_cols - 1)
+        return self.labels[np.ix_(i, j)].astype(np.int32)
+
+
 def paint_he(
     nuclei,
     tissue=None,
@@ -66,6 +105,8 @@ def paint_he(
     mpp: float = 0.5,
     seed: int = 0,
     class_key: str = "class_name",
+    tissue_shades: Mapping[str, Sequence[float]] | None = None,
+    nucleus_shades: Mapping[str, Sequence[float]] | None = None,
 ) -> np.ndarray:
     """Paint an H&E-like image from nucleus and tissue-region polygons.
 
@@ -82,7 +123,8 @@ def paint_he(
         A GeoDataFrame of nucleus polygons in pixels, with a ``class_key`` column.
     tissue
         A GeoDataFrame of tissue-region polygons with a ``class_key`` column; where regions overlap, the smaller
-        one is painted on top. ``None``: tissue is where the nuclei are (their surroundings, closed and filled).
+        one is painted on top. Or a :class:`TissueLabels` label image (a simulated or annotated map of the
+        regions). ``None``: tissue is where the nuclei are (their surroundings, closed and filled).
     bounds
         ``(xmin, ymin, xmax, ymax)`` of the painted frame in the polygons' pixel coordinates; the image is
         ``ceil(ymax - ymin) x ceil(xmax - xmin)`` px. Default: the nuclei's bounds.
@@ -92,6 +134,15 @@ def paint_he(
         Seeds every texture and the shade of each nucleus; the same inputs and seed give the same image.
     class_key
         Column with the class of each polygon, in ``nuclei`` and ``tissue``.
+    tissue_shades
+        Looks of tissue classes, added to the built-in ones or replacing them: class name ->
+        ``(haematoxylin, eosin, blood, texture, collagen)``, the amounts of the stains (optical density in units of
+        each stain's), the amplitude of the tissue texture (0: flat) and the contrast of collagen fibres (0: none,
+        1: the built-in stroma's).
+    nucleus_shades
+        Looks of nucleus classes, added or replacing: class name -> ``(haematoxylin, eosin, chromatin, rim,
+        nucleolus)``, the amounts of the stains, the contrast of the chromatin speckle, the darkening of the
+        nuclear membrane and the probability of a nucleolus.
 
     Returns
     -------
@@ -108,10 +159,12 @@ def paint_he(
     import shapely
 
     for name, frame in (("nuclei", nuclei), ("tissue", tissue)):
-        if frame is not None and class_key not in frame.columns:
+        if frame is not None and not isinstance(frame, TissueLabels) and class_key not in frame.columns:
             raise ValueError(f"{name} have no {class_key!r} column; columns: {list(frame.columns)}.")
     if not mpp > 0:
         raise ValueError(f"mpp must be positive, got {mpp}.")
+    tissue_table = _shades("tissue_shades", _TISSUE, tissue_shades)
+    nucleus_table = _shades("nucleus_shades", _NUCLEUS, nucleus_shades)
     geoms = np.asarray(nuclei.geometry.values, dtype=object)
     if len(geoms) == 0:
         raise ValueError("No nuclei given.")
@@ -131,7 +184,7 @@ def paint_he(
     geoms = geoms[meets]
     classes = nuclei[class_key].astype(str).to_numpy()[meets]
     nucleus_params = np.array(
-        [_DEFAULT_NUCLEUS, *(_NUCLEUS.get(c, _DEFAULT_NUCLEUS) for c in classes)], dtype=np.float32
+        [_DEFAULT_NUCLEUS, *(nucleus_table.get(c, _DEFAULT_NUCLEUS) for c in classes)], dtype=np.float32
     )  # row 0: no nucleus
     rng = np.random.default_rng([seed, 0])
     n = len(geoms)
@@ -147,10 +200,12 @@ def paint_he(
     nucleus_edges = _edges(np.where(shapely.is_empty(rounded), geoms, rounded), origin)
 
     if tissue is None:
-        region_params = np.array([[0, 0, 0, 0], _DEFAULT_TISSUE], dtype=np.float32)
-        patterns = np.zeros(2, np.int8)
+        tclasses = np.array([None])
         tissue_edges = None
         soft, soft_step = _tissue_from_nuclei(centre, (height, width), mpp)
+    elif isinstance(tissue, TissueLabels):
+        tclasses = np.array(tissue.classes, dtype=object)
+        tissue_edges = None
     else:
         tgeoms = np.asarray(tissue.geometry.values, dtype=object)
         tbox = shapely.bounds(tgeoms) if len(tgeoms) else np.empty((0, 4))
@@ -159,11 +214,11 @@ def paint_he(
         tgeoms = tgeoms[tmeets]
         order = np.argsort(-shapely.area(tgeoms), kind="stable")  # small regions drawn last, on top
         tgeoms, tclasses = tgeoms[order], tclasses[order]
-        region_params = np.array(
-            [[0, 0, 0, 0], *(_TISSUE.get(c, _DEFAULT_TISSUE) for c in tclasses)], dtype=np.float32
-        ).reshape(-1, 4)
-        patterns = np.array([0, *(_PATTERNS.get(c, 0) for c in tclasses)], dtype=np.int8)
         tissue_edges = _edges(tgeoms, origin)
+    region_params = np.array(
+        [[0] * 5, *(tissue_table.get(c, _DEFAULT_TISSUE) for c in tclasses)], dtype=np.float32
+    )  # row 0: no tissue
+    patterns = np.array([0, *(_PATTERNS.get(c, 0) for c in tclasses)], dtype=np.int8)
 
     fields = _texture_fields(rng, (height, width), mpp, fat=(patterns == 2).any(), blood=(patterns == 3).any())
     image = np.empty((height, width, 3), dtype=np.uint8)
@@ -173,7 +228,9 @@ def paint_he(
         r1 = min(r0 + strip, height)
         a, b = max(r0 - margin, 0), min(r1 + margin, height)
         srng = np.random.default_rng([seed, 1, i])
-        if tissue_edges is None:
+        if isinstance(tissue, TissueLabels):
+            region = tissue.rows(a + y0, b + y0, x0, width)
+        elif tissue_edges is None:
             region = (_sample(soft, soft_step, a, b, width) > 0.5).astype(np.int32)
         else:
             region = np.zeros((b - a, width), np.int32)
@@ -187,22 +244,33 @@ def paint_he(
     return image
 
 
+def _shades(name: str, builtin: dict, given: Mapping[str, Sequence[float]] | None) -> dict:
+    """The built-in looks of a class table updated with the given ones, checked: five finite non-negative numbers."""
+    table = dict(builtin)
+    for cls, values in (given or {}).items():
+        values = np.asarray(values, dtype=float)
+        if values.shape != (5,) or not np.isfinite(values).all() or (values < 0).any():
+            raise ValueError(f"{name}[{cls!r}] must be five finite numbers >= 0, got {given[cls]!r}.")
+        table[str(cls)] = tuple(values)
+    return table
+
+
 def _paint_strip(region, label, row0, region_params, patterns, nucleus_params, shade, nucleolus, fields, rng, mpp):
     """Colours of one strip of rows from its region and nucleus labels; blurred, as uint8 RGB."""
     rows, width = region.shape
     ys = (np.arange(row0, row0 + rows, dtype=np.float32) + 0.5)[:, None]
     xs = (np.arange(width, dtype=np.float32) + 0.5)[None, :]
 
-    h, e, blood, amp = (region_params[region, k] for k in range(4))
+    h, e, blood, amp, collagen = (region_params[region, k] for k in range(5))
     pattern = patterns[region]
     texture = _sample(fields["texture"], fields["texture_step"], row0, row0 + rows, width)
     e *= 1 + amp * texture
     h *= 1 + 0.5 * amp * texture
 
-    fibrous = pattern == 1
+    fibrous = collagen > 0
     if fibrous.any():
         fibre = _fibres(fields, xs, ys, row0, width)
-        e = np.where(fibrous, e * (0.35 + 1.1 * fibre), e)
+        e = np.where(fibrous, e * (1 + collagen * (1.1 * fibre - 0.65)), e)  # 1: from 0.35 e to 1.45 e
     fat = pattern == 2
     if fat.any():
         # Adipocytes: the Voronoi cells of jittered seeds. The distance to the wall between the nearest two seeds
