@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 COMPARTMENTS: tuple[str, ...] = ("background", "stroma", "epithelium", "lumen", "immune", "tumour")
-_CODE_TO_COMPARTMENT = np.array([0, 1, 2, 3, 4, 5, 5])
+_CODE_TO_COMPARTMENT = np.array([0, 1, 2, 3, 4, 5, 5], dtype=np.int8)  # int8 like the label map it indexes by
 
 # Gene groups: (prefix, share of the genes, codes where the group is a marker, summed rate per full bin there).
 # "Hk" and "Grad" are expressed alike in every tissue code; clone genes only in their clone, with no leakage.
