@@ -184,6 +184,20 @@ def test_shades_replace_and_add_classes(painted):
     np.testing.assert_array_equal(flat[30:210, 250:370], painted[30:210, 250:370])
 
 
+def test_stains_set_the_hues(painted):
+    nuclei, tissue = _section()
+    builtin = {"haematoxylin": (0.86, 1.60, 0.45), "eosin": (0.08, 1.00, 0.50), "blood": (0.10, 1.30, 1.10)}
+    np.testing.assert_array_equal(paint(nuclei, tissue, stains=builtin), painted)  # the documented built-in hues
+    bluer = paint(nuclei, tissue, stains={"haematoxylin": (0.86, 0.93, 0.38)})
+
+    def green_over_red(image, centre):  # optical density of a nucleus, green against red
+        r, g, _ = _disc_mean(image, centre, 4)
+        return np.log(242 / g) / np.log(243 / r)
+
+    for centre in INFLAMMATORY:
+        assert green_over_red(painted, centre) > 1.6 and green_over_red(bluer, centre) < 1.4
+
+
 def test_bad_input():
     nuclei, tissue = _section()
     with pytest.raises(ValueError, match="nuclei have no 'cell_type' column"):
@@ -202,6 +216,13 @@ def test_bad_input():
         hx.sim.paint_he(nuclei, tissue, tissue_shades={"stroma": (0.1, 0.5, 0.0, 0.2)})
     with pytest.raises(ValueError, match=r"nucleus_shades\['neoplastic'\] must be five finite numbers >= 0"):
         hx.sim.paint_he(nuclei, tissue, nucleus_shades={"neoplastic": (-1, 0, 0, 0, 0)})
+    with pytest.raises(
+        ValueError, match=r"stains has no \['dab'\]; the stains are \['haematoxylin', 'eosin', 'blood'\]"
+    ):
+        hx.sim.paint_he(nuclei, tissue, stains={"dab": (0.3, 0.6, 0.8)})
+    for bad in ((0.8, 0.9), (0.0, 0.0, 0.0), (0.8, np.nan, 0.3)):
+        with pytest.raises(ValueError, match=r"stains\['haematoxylin'\] must be three finite numbers >= 0, not all 0"):
+            hx.sim.paint_he(nuclei, tissue, stains={"haematoxylin": bad})
     with pytest.raises(ValueError, match=r"labels must lie in 0..1"):
         hx.sim.TissueLabels(np.full((4, 4), 2), ("stroma",))
     with pytest.raises(ValueError, match="labels must be a 2-D integer array"):

@@ -174,14 +174,26 @@ def test_a_cells_interval_holds_its_share_of_its_bins_counts():
     np.testing.assert_allclose(coverage, 0.8, atol=0.04)
 
 
+def _predicted_toy(seed: int):
+    """A toy section predicted by super_resolve, its truth held beside it."""
+    sdata = hx.datasets.toy(size_um=1000, n_genes=40, seed=seed)
+    hx.pp.extract_features(sdata, show_progress=False)
+    genes = list(sdata.tables["table"].var_names)
+    hx.tl.super_resolve(sdata, epochs=40, n_states=3, genes=genes, seed=seed, show_progress=False)
+    return sdata
+
+
 @pytest.fixture(scope="module")
 def predicted():
     """The toy section predicted by super_resolve, its truth held beside it."""
-    sdata = hx.datasets.toy(size_um=1000, n_genes=40, seed=2)
-    hx.pp.extract_features(sdata, show_progress=False)
-    genes = list(sdata.tables["table"].var_names)
-    hx.tl.super_resolve(sdata, epochs=40, n_states=3, genes=genes, seed=2, show_progress=False)
-    return sdata
+    return _predicted_toy(2)
+
+
+def _reliability_rank_correlation(sdata) -> float:
+    """Spearman correlation over genes of ``var["reliability"]`` with each gene's true Pearson at 8 µm."""
+    var = sdata.tables["histex"].var
+    pearson = hx.metrics.score(sdata.tables["histex"], sdata.tables["truth"])["pearson"].loc[var.index]
+    return stats.spearmanr(var["reliability"], pearson.to_numpy()).statistic
 
 
 @pytest.mark.slow
@@ -195,11 +207,18 @@ def test_super_resolve_says_which_genes_to_trust(predicted):
         assert var[column].notna().all(), column
     np.testing.assert_array_equal(var["reliable"], var["reliability"] >= trust.RELIABLE)
     pearson = hx.metrics.score(table, predicted.tables["truth"])["pearson"].loc[var.index].to_numpy()
-    rho = stats.spearmanr(var["reliability"], pearson).statistic
-    assert rho > 0.7, rho
     flagged = var["reliable"].to_numpy()
     assert 0 < flagged.sum() < len(flagged)
     assert pearson[flagged].mean() - pearson[~flagged].mean() > 0.15
+
+
+@pytest.mark.slow
+def test_reliability_ranks_the_genes_by_their_true_pearson(predicted):
+    # Over 40 genes one section's rank correlation varies by about 0.11 from section to section (0.53 to 0.92
+    # over toy seeds 0-7), so the bound is on the mean of three sections, with a floor for each.
+    rhos = [_reliability_rank_correlation(predicted)]
+    rhos += [_reliability_rank_correlation(_predicted_toy(seed)) for seed in (0, 1)]
+    assert np.mean(rhos) > 0.7 and min(rhos) > 0.5, rhos
 
 
 @pytest.mark.slow

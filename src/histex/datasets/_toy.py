@@ -44,21 +44,27 @@ _GROUPS: tuple[tuple[str, float, tuple[int, ...], float], ...] = (
 )
 _LEAK = (0.1, 0.2)  # marker rate in other tissue compartments, as a fraction of the rate in its own
 
-# The toy's looks for paint_he: the stain amounts that best give its compartments' colours (stroma (230, 160, 190),
-# epithelial cytoplasm (205, 148, 200), lumen (245, 235, 240), immune (185, 135, 195), tumour (188, 128, 192) and
-# the nuclei), flat and without collagen fibres, so that 8 µm bins of one compartment look alike.
+# The toy's looks for paint_he. Its nuclei are the blue-purple of the Ruifrok-Johnston haematoxylin (the one the
+# texture encoder unmixes with), as the toy's nuclei always were, not paint_he's redder purple of real nuclei: with
+# that one the encoder reads part of every nucleus as eosin, and the demo's domains spill from the glands into the
+# stroma. The shades are the stain amounts that best give (least squares
+# in optical density) the toy's colours: stroma (230, 160, 190), epithelial cytoplasm (205, 148, 200), lumen
+# (245, 235, 240), immune (185, 135, 195), tumour (188, 128, 192), and its nuclei (epithelial (90, 50, 130),
+# immune (60, 40, 120), tumour (120, 70, 150), fibroblast (100, 60, 140), 85-95% over their cytoplasm); flat and
+# without collagen fibres, so that 8 µm bins of one compartment look alike.
+_STAINS = {"haematoxylin": (0.86, 0.93, 0.38)}
 _TISSUE_SHADES = {
-    "stroma": (0.0, 0.43, 0.0, 0.05, 0.0),
-    "epithelium": (0.17, 0.23, 0.0, 0.05, 0.0),
+    "stroma": (0.02, 0.42, 0.0, 0.05, 0.0),
+    "epithelium": (0.17, 0.32, 0.0, 0.05, 0.0),
     "lumen": (0.0, 0.03, 0.0, 0.05, 0.0),
-    "immune": (0.29, 0.14, 0.0, 0.05, 0.0),
-    "tumour": (0.27, 0.22, 0.0, 0.05, 0.0),
+    "immune": (0.29, 0.30, 0.0, 0.05, 0.0),
+    "tumour": (0.27, 0.37, 0.0, 0.05, 0.0),
 }
 _NUCLEUS_SHADES = {
-    "epithelial": (1.01, 0.0, 0.0, 0.0, 0.0),
-    "inflammatory": (1.20, 0.0, 0.0, 0.0, 0.0),
-    "neoplastic": (0.70, 0.05, 0.0, 0.0, 0.0),
-    "connective": (0.93, 0.0, 0.0, 0.0, 0.0),
+    "epithelial": (0.94, 0.42, 0.0, 0.0, 0.0),
+    "inflammatory": (1.43, 0.23, 0.0, 0.0, 0.0),
+    "neoplastic": (0.66, 0.40, 0.0, 0.0, 0.0),
+    "connective": (0.78, 0.36, 0.0, 0.0, 0.0),
 }
 
 
@@ -164,8 +170,9 @@ def toy(
 
     *Image.* Painted at ``mpp`` by :func:`histex.sim.paint_he` from the label map (a :class:`histex.sim.TissueLabels`
     at 1 µm) and the nuclei as polygons, in the toy's own shades: stroma pink, epithelial cytoplasm a purpler pink,
-    lumen near white, both tumour clones alike; nuclei packed, small and very dark in immune aggregates, large and
-    paler in tumour, basal along the gland rings, sparse and elongated in the stroma. Nuclei are placed and sized in
+    lumen near white, both tumour clones alike; nuclei a blue-purple (the Ruifrok-Johnston haematoxylin), packed,
+    small and very dark in immune aggregates, large and paler in tumour, basal along the gland rings, sparse and
+    elongated in the stroma. Nuclei are placed and sized in
     microns, so the picture looks the same at every ``mpp``. The two tumour clones and the gradient are invisible in
     the image.
 
@@ -298,7 +305,7 @@ def _paint(lab: np.ndarray, nuclei: tissue.Nuclei, mpp: float, shape_px: tuple[i
     height, width = shape_px
     return paint_he(
         polygons, regions, bounds=(0, 0, width, height), mpp=mpp, seed=seed,
-        tissue_shades=_TISSUE_SHADES, nucleus_shades=_NUCLEUS_SHADES,
+        tissue_shades=_TISSUE_SHADES, nucleus_shades=_NUCLEUS_SHADES, stains=_STAINS,
     )  # fmt: skip
 
 

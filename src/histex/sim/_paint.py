@@ -16,9 +16,11 @@ from scipy import ndimage
 # Optical density (natural log, R G B) of one unit of each stain. Haematoxylin is the median nucleus of the real
 # H&E of the same source (hgsc_nest.jpg: neoplastic nuclei about (103, 49, 157), lymphocytes (47, 11, 108)), a
 # purple that absorbs green most; eosin a pink; blood a red that absorbs green and blue.
-_HAEMATOXYLIN = np.array([0.86, 1.60, 0.45], dtype=np.float32)
-_EOSIN = np.array([0.08, 1.00, 0.50], dtype=np.float32)
-_BLOOD = np.array([0.10, 1.30, 1.10], dtype=np.float32)
+_STAINS = {
+    "haematoxylin": (0.86, 1.60, 0.45),
+    "eosin": (0.08, 1.00, 0.50),
+    "blood": (0.10, 1.30, 1.10),
+}
 _GLASS = np.array([243.0, 242.0, 246.0], dtype=np.float32)
 
 # Tissue class: (haematoxylin, eosin, blood, texture amplitude, collagen fibres). Unknown classes, and tissue guessed
@@ -107,6 +109,7 @@ def paint_he(
     class_key: str = "class_name",
     tissue_shades: Mapping[str, Sequence[float]] | None = None,
     nucleus_shades: Mapping[str, Sequence[float]] | None = None,
+    stains: Mapping[str, Sequence[float]] | None = None,
 ) -> np.ndarray:
     """Paint an H&E-like image from nucleus and tissue-region polygons.
 
@@ -143,6 +146,11 @@ def paint_he(
         Looks of nucleus classes, added or replacing: class name -> ``(haematoxylin, eosin, chromatin, rim,
         nucleolus)``, the amounts of the stains, the contrast of the chromatin speckle, the darkening of the
         nuclear membrane and the probability of a nucleolus.
+    stains
+        Hues of the stains, replacing the built-in ones: ``"haematoxylin"``, ``"eosin"`` or ``"blood"`` -> the
+        optical density (natural log; red, green, blue) of one unit of it. Built in: haematoxylin
+        ``(0.86, 1.60, 0.45)``, the median nucleus of a real H&E; eosin ``(0.08, 1.00, 0.50)``; blood
+        ``(0.10, 1.30, 1.10)``. Labs and scanners differ: a bluer haematoxylin has less green.
 
     Returns
     -------
@@ -165,6 +173,7 @@ def paint_he(
         raise ValueError(f"mpp must be positive, got {mpp}.")
     tissue_table = _shades("tissue_shades", _TISSUE, tissue_shades)
     nucleus_table = _shades("nucleus_shades", _NUCLEUS, nucleus_shades)
+    stain_od = _stain_hues(stains)
     geoms = np.asarray(nuclei.geometry.values, dtype=object)
     if len(geoms) == 0:
         raise ValueError("No nuclei given.")
@@ -238,7 +247,7 @@ def paint_he(
         label = np.zeros((b - a, width), np.int32)
         _fill(nucleus_edges, label, a)
         rgb = _paint_strip(
-            region, label, a, region_params, patterns, nucleus_params, shade, nucleolus, fields, srng, mpp
+            region, label, a, region_params, patterns, nucleus_params, shade, nucleolus, fields, srng, mpp, stain_od
         )
         image[r0:r1] = rgb[r0 - a : r0 - a + (r1 - r0)]
     return image
@@ -255,7 +264,26 @@ def _shades(name: str, builtin: dict, given: Mapping[str, Sequence[float]] | Non
     return table
 
 
-def _paint_strip(region, label, row0, region_params, patterns, nucleus_params, shade, nucleolus, fields, rng, mpp):
+def _stain_hues(given: Mapping[str, Sequence[float]] | None) -> np.ndarray:
+    """The ``(3, 3)`` optical densities of haematoxylin, eosin and blood (rows), the given ones replacing the
+    built-in ones, checked: three finite numbers >= 0, not all 0.
+    """
+    given = dict(given or {})
+    unknown = set(given) - set(_STAINS)
+    if unknown:
+        raise ValueError(f"stains has no {sorted(unknown)}; the stains are {list(_STAINS)}.")
+    rows = []
+    for name, builtin in _STAINS.items():
+        values = np.asarray(given.get(name, builtin), dtype=float)
+        if values.shape != (3,) or not np.isfinite(values).all() or (values < 0).any() or not values.any():
+            raise ValueError(f"stains[{name!r}] must be three finite numbers >= 0, not all 0, got {given[name]!r}.")
+        rows.append(values)
+    return np.array(rows, dtype=np.float32)
+
+
+def _paint_strip(
+    region, label, row0, region_params, patterns, nucleus_params, shade, nucleolus, fields, rng, mpp, stain_od
+):
     """Colours of one strip of rows from its region and nucleus labels; blurred, as uint8 RGB."""
     rows, width = region.shape
     ys = (np.arange(row0, row0 + rows, dtype=np.float32) + 0.5)[:, None]
@@ -317,7 +345,7 @@ def _paint_strip(region, label, row0, region_params, patterns, nucleus_params, s
         e[r, c] = 0.2 * e[r, c] + p[:, 1] + 0.2 * spot
         blood[r, c] = 0.0
 
-    od = h[..., None] * _HAEMATOXYLIN + e[..., None] * _EOSIN + blood[..., None] * _BLOOD
+    od = h[..., None] * stain_od[0] + e[..., None] * stain_od[1] + blood[..., None] * stain_od[2]
     rgb = _GLASS * np.exp(-np.maximum(od, 0))
     rgb += rng.normal(0, 0.8, (rows, width, 1)).astype(np.float32)  # sensor noise
     rgb = ndimage.gaussian_filter(rgb, (_BLUR_UM / mpp, _BLUR_UM / mpp, 0))
