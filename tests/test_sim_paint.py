@@ -163,6 +163,9 @@ def test_label_image_paints_as_the_polygons(painted):
     labels[FAT[1] // 2 : FAT[3] // 2, FAT[0] // 2 : FAT[2] // 2] = 2
     regions = hx.sim.TissueLabels(labels, ("stroma", "omental_fat"), scale=2)
     np.testing.assert_array_equal(paint(nuclei, regions), painted)
+    as_lists = hx.sim.TissueLabels(labels.tolist(), ("stroma", "omental_fat"), scale=2)  # any array-like
+    assert isinstance(as_lists.labels, np.ndarray)
+    np.testing.assert_array_equal(paint(nuclei, as_lists), painted)
 
 
 def test_shades_replace_and_add_classes(painted):

@@ -90,6 +90,7 @@ class TissueLabels:
             raise ValueError(f"labels must lie in 0..{len(self.classes)} (one class per label), got {labels.max()}.")
         if not (np.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"scale must be a positive number, got {self.scale!r}.")
+        object.__setattr__(self, "labels", labels)  # the checked array, whatever array-like came in (frozen)
 
     def rows(self, y0: float, y1: float, x0: float, width: int) -> np.ndarray:
         """Labels (``int32``) at the centres of painted rows ``y0:y1`` and ``width`` columns from ``x0``."""
