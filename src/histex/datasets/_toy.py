@@ -47,11 +47,11 @@ _LEAK = (0.1, 0.2)  # marker rate in other tissue compartments, as a fraction of
 # The toy's looks for paint_he. Its nuclei are the blue-purple of the Ruifrok-Johnston haematoxylin (the one the
 # texture encoder unmixes with), as the toy's nuclei always were, not paint_he's redder purple of real nuclei: with
 # that one the encoder reads part of every nucleus as eosin, and the demo's domains spill from the glands into the
-# stroma. The shades are the stain amounts that best give (least squares
-# in optical density) the toy's colours: stroma (230, 160, 190), epithelial cytoplasm (205, 148, 200), lumen
-# (245, 235, 240), immune (185, 135, 195), tumour (188, 128, 192), and its nuclei (epithelial (90, 50, 130),
-# immune (60, 40, 120), tumour (120, 70, 150), fibroblast (100, 60, 140), 85-95% over their cytoplasm); flat and
-# without collagen fibres, so that 8 µm bins of one compartment look alike.
+# stroma. The shades are the stain amounts that best give (least squares in optical density) the toy's colours:
+# stroma (230, 160, 190), epithelial cytoplasm (205, 148, 200), lumen (245, 235, 240), immune (185, 135, 195),
+# tumour (188, 128, 192), and its nuclei (epithelial (90, 50, 130), immune (60, 40, 120), tumour (120, 70, 150),
+# fibroblast (100, 60, 140), 85-95% over their cytoplasm); flat and without collagen fibres, so that 8 µm bins of
+# one compartment look alike.
 _STAINS = {"haematoxylin": (0.86, 0.93, 0.38)}
 _TISSUE_SHADES = {
     "stroma": (0.02, 0.42, 0.0, 0.05, 0.0),
@@ -172,9 +172,8 @@ def toy(
     at 1 µm) and the nuclei as polygons, in the toy's own shades: stroma pink, epithelial cytoplasm a purpler pink,
     lumen near white, both tumour clones alike; nuclei a blue-purple (the Ruifrok-Johnston haematoxylin), packed,
     small and very dark in immune aggregates, large and paler in tumour, basal along the gland rings, sparse and
-    elongated in the stroma. Nuclei are placed and sized in
-    microns, so the picture looks the same at every ``mpp``. The two tumour clones and the gradient are invisible in
-    the image.
+    elongated in the stroma. Nuclei are placed and sized in microns, so the picture looks the same at every ``mpp``.
+    The two tumour clones and the gradient are invisible in the image.
 
     Examples
     --------
